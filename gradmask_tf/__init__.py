@@ -1,0 +1,20 @@
+"""gradmask_tf: Gradient Mask (lateral inhibition of gradients) for Keras 3.
+
+References:
+  Jiang, Liu, Xiao, Chua. "Gradient Mask: Lateral Inhibition Mechanism Improves
+  Performance in Artificial Neural Networks". arXiv:2208.06918, 2022.
+"""
+
+from gradmask_tf.layers import GradientMask
+from gradmask_tf.ops import RULES, SCOPES, MaskConfig, gradient_mask, mask_gradient
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GradientMask",
+    "MaskConfig",
+    "RULES",
+    "SCOPES",
+    "gradient_mask",
+    "mask_gradient",
+]

@@ -1,0 +1,136 @@
+"""`GradientMask`: the Keras 3 layer around the op in `ops.py`."""
+
+import keras
+
+from gradmask_tf import ops
+
+
+@keras.saving.register_keras_serializable(package="gradmask_tf")
+class GradientMask(keras.layers.Layer):
+    """Masks weak activation gradients during training (lateral inhibition).
+
+    An exact identity in the forward pass. When called with `training=True`, its
+    backward pass applies `gradmask_tf.gradient_mask` with the rule and options
+    given here; otherwise (`training=False` or unset) gradients pass exactly, so
+    adversarial attacks and saliency methods see the true model.
+
+    Place one after each block's non-linearity and each hidden dense layer, never on
+    the logits.
+
+    Example:
+
+    ```python
+    x = keras.layers.Conv2D(32, 3, activation="relu")(inputs)
+    x = gradmask_tf.GradientMask("mean")(x)
+    ```
+
+    Attributes:
+      enabled: A non-trainable bool variable. `layer.enabled.assign(False)` turns
+        masking off (warm-up, ablation) without retracing the training step.
+      gradient_probe: A non-trainable float32 scalar whose gradient, in a training
+        step, is this mask point's kept fraction (`GradMaskModel` reports it).
+
+    Args:
+      rule: `"none"`, `"mean"`, `"local"`, `"topk"`, `"lateral"` or `"random"`.
+        Defaults to `"mean"`.
+      scope, alpha, kernel_size, keep_fraction, soft, rescale, zone_size,
+      inhibition_base, inhibition_strength: As in `gradmask_tf.gradient_mask`.
+      seed: Seed of the `random` rule. Its draws are keyed by the seed and the
+        training step, so a run is reproducible. Defaults to None (a random seed).
+      **kwargs: Base layer arguments (`name`, `dtype`, ...).
+
+    References:
+      Jiang et al., "Gradient Mask: Lateral Inhibition Mechanism Improves
+      Performance in Artificial Neural Networks", arXiv:2208.06918, 2022.
+    """
+
+    def __init__(
+        self,
+        rule="mean",
+        *,
+        scope="spatial",
+        alpha=1.0,
+        kernel_size=3,
+        keep_fraction=0.5,
+        soft=False,
+        rescale=False,
+        zone_size=7,
+        inhibition_base=0.1,
+        inhibition_strength=0.9,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.mask_config = ops.MaskConfig(
+            rule=rule,
+            scope=scope,
+            alpha=alpha,
+            kernel_size=kernel_size,
+            keep_fraction=keep_fraction,
+            soft=soft,
+            rescale=rescale,
+            zone_size=zone_size,
+            inhibition_base=inhibition_base,
+            inhibition_strength=inhibition_strength,
+            seed=seed,
+        )
+        self.rule = rule
+        self.scope = scope
+        self.alpha = alpha
+        self.kernel_size = kernel_size
+        self.keep_fraction = keep_fraction
+        self.soft = soft
+        self.rescale = rescale
+        self.zone_size = zone_size
+        self.inhibition_base = inhibition_base
+        self.inhibition_strength = inhibition_strength
+        self.seed = seed
+        self.supports_masking = True
+        self.enabled = self.add_weight(
+            shape=(), dtype="bool", initializer="ones", trainable=False, name="enabled"
+        )
+        self.gradient_probe = self.add_weight(
+            shape=(),
+            dtype="float32",
+            initializer="zeros",
+            trainable=False,
+            name="gradient_probe",
+        )
+        # Only the `random` rule draws; its generator advances once per training
+        # call, which keys the draw by seed and training step.
+        self.seed_generator = (
+            keras.random.SeedGenerator(seed) if rule == "random" else None
+        )
+        self.built = True
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        seed = self.seed_generator.next() if self.seed_generator is not None else None
+        return ops.masked_identity(
+            inputs,
+            self.mask_config,
+            enabled=self.enabled.value,
+            seed=seed,
+            probe=self.gradient_probe.value,
+        )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        base_config = super().get_config()
+        config = {
+            "rule": self.rule,
+            "scope": self.scope,
+            "alpha": self.alpha,
+            "kernel_size": self.kernel_size,
+            "keep_fraction": self.keep_fraction,
+            "soft": self.soft,
+            "rescale": self.rescale,
+            "zone_size": self.zone_size,
+            "inhibition_base": self.inhibition_base,
+            "inhibition_strength": self.inhibition_strength,
+            "seed": self.seed,
+        }
+        return {**base_config, **config}

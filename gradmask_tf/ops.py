@@ -1,0 +1,418 @@
+"""The Gradient Mask op: identity forward, lateral inhibition on the gradient.
+
+Pure TensorFlow (no Keras import). `gradient_mask` is the public op; the layer in
+`layers.py` calls `masked_identity` with its `enabled` switch, a per-step seed and a
+probe that reports the kept fraction through the backward pass.
+
+References:
+  Jiang, Liu, Xiao, Chua. "Gradient Mask: Lateral Inhibition Mechanism Improves
+  Performance in Artificial Neural Networks". arXiv:2208.06918, 2022.
+  Cao et al. "Lateral Inhibition-Inspired Convolutional Neural Network for Visual
+  Attention and Saliency Detection". AAAI 2018 (the `lateral` rule).
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+import tensorflow as tf
+
+RULES = ("none", "mean", "local", "topk", "lateral", "random")
+SCOPES = ("spatial", "channel")
+
+# Keeps an all-zero magnitude map at zero in the `lateral` rule instead of 0/0.
+_TINY = float(np.finfo(np.float32).tiny)
+
+
+def _invalid(name, expected, value):
+    return ValueError(
+        f"Invalid value for argument `{name}`: expected {expected}. "
+        f"Received: {name}={value!r}"
+    )
+
+
+def _is_real_number(value):
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, bool
+    )
+
+
+def _is_integer(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskConfig:
+    """Validated parameters of the op; see `gradient_mask` for their meaning."""
+
+    rule: str = "mean"
+    scope: str = "spatial"
+    alpha: float = 1.0
+    kernel_size: int = 3
+    keep_fraction: float = 0.5
+    soft: bool = False
+    rescale: bool = False
+    zone_size: int = 7
+    inhibition_base: float = 0.1
+    inhibition_strength: float = 0.9
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.rule not in RULES:
+            raise _invalid("rule", f"one of {', '.join(RULES)}", self.rule)
+        if self.scope not in SCOPES:
+            raise _invalid("scope", f"one of {', '.join(SCOPES)}", self.scope)
+        if not _is_real_number(self.alpha) or not self.alpha >= 0 or math.isinf(self.alpha):
+            raise _invalid("alpha", "a finite float >= 0", self.alpha)
+        if not _is_real_number(self.keep_fraction) or not 0 < self.keep_fraction <= 1:
+            raise _invalid("keep_fraction", "a float in (0, 1]", self.keep_fraction)
+        for name in ("kernel_size", "zone_size"):
+            value = getattr(self, name)
+            if not _is_integer(value) or value <= 0 or value % 2 == 0:
+                raise _invalid(name, "a positive odd integer", value)
+        for name in ("inhibition_base", "inhibition_strength"):
+            value = getattr(self, name)
+            if not _is_real_number(value) or not value >= 0 or math.isinf(value):
+                raise _invalid(name, "a finite float >= 0", value)
+        for name in ("soft", "rescale"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise _invalid(name, "a bool", getattr(self, name))
+        if self.soft and self.rule == "lateral":
+            raise _invalid(
+                "soft", "False with rule='lateral' (soft mode is not defined for it)",
+                self.soft,
+            )
+        if self.seed is not None and not _is_integer(self.seed):
+            raise _invalid("seed", "an integer or None", self.seed)
+        # Store plain Python numbers so configs compare and serialize cleanly.
+        object.__setattr__(self, "alpha", float(self.alpha))
+        object.__setattr__(self, "keep_fraction", float(self.keep_fraction))
+        object.__setattr__(self, "inhibition_base", float(self.inhibition_base))
+        object.__setattr__(self, "inhibition_strength", float(self.inhibition_strength))
+        object.__setattr__(self, "kernel_size", int(self.kernel_size))
+        object.__setattr__(self, "zone_size", int(self.zone_size))
+        object.__setattr__(self, "soft", bool(self.soft))
+        object.__setattr__(self, "rescale", bool(self.rescale))
+        if self.seed is not None:
+            object.__setattr__(self, "seed", int(self.seed))
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def num_kept(keep_fraction, size):
+    """How many entries the `topk` rule keeps in a neighbourhood of `size`.
+
+    `ceil(keep_fraction * size)`, rounded first so that 0.1 * 10 keeps 1, not 2.
+    """
+    return max(1, int(math.ceil(round(keep_fraction * size, 9))))
+
+
+def _neighbourhood_axes(rank, scope):
+    if rank == 2:
+        return (1,)
+    return (1, 2) if scope == "spatial" else (3,)
+
+
+def _threshold_mask(g, magnitude, tau, soft):
+    """Applies a threshold; returns (masked gradient, float32 keep indicator)."""
+    if soft:
+        # sign(g) * max(|g| - tau, 0) = g - clip(g, -tau, tau): two fused passes.
+        tau = tf.cast(tau, g.dtype)
+        masked = g - tf.clip_by_value(g, -tau, tau)
+        keep = tf.cast(magnitude > tf.cast(tau, tf.float32), tf.float32)
+        return masked, keep
+    # `g * 1[|g| >= tau]` rather than a select: one pass less on the CPU, and a NaN
+    # in g stays NaN (NaN * 0 = NaN), so it is passed on, never hidden.
+    keep = tf.cast(magnitude >= tau, tf.float32)
+    masked = g * (keep if g.dtype == tf.float32 else tf.cast(keep, g.dtype))
+    return masked, keep
+
+
+def _rescale(g, masked, axes):
+    """Scales `masked` by ||g||_1 / ||masked||_1 per neighbourhood (no-op if zero)."""
+    total = tf.reduce_sum(tf.abs(tf.cast(g, tf.float32)), axis=axes, keepdims=True)
+    kept = tf.reduce_sum(tf.abs(tf.cast(masked, tf.float32)), axis=axes, keepdims=True)
+    scale = tf.where(kept > 0, total / tf.where(kept > 0, kept, 1.0), 1.0)
+    return masked * tf.cast(scale, masked.dtype)
+
+
+def _use_nth_element():
+    # NthElement is linear time and about 3x faster than top_k on the CPU, but has
+    # no XLA or GPU kernel; `get_enclosing_xla_context` is TensorFlow's exported hook
+    # for "this is being traced for XLA".
+    if tf.__internal__.get_enclosing_xla_context() is not None:
+        return False
+    return not tf.config.list_physical_devices("GPU")
+
+
+def _kth_largest(values, k):
+    """The k-th largest entry along the last axis (ties counted), shape [...]."""
+    size = values.shape[-1]
+    if _use_nth_element():
+        return tf.raw_ops.NthElement(input=values, n=size - k)
+    return tf.reduce_min(tf.math.top_k(values, k, sorted=False).values, axis=-1)
+
+
+def _topk_threshold(magnitude, keep_fraction, scope):
+    rank = magnitude.shape.rank
+    if rank == 4 and scope == "spatial":
+        height, width = magnitude.shape[1], magnitude.shape[2]
+        if height is None or width is None:
+            raise ValueError(
+                "The `topk` rule needs static spatial dimensions. "
+                f"Received a gradient of shape {magnitude.shape}."
+            )
+        channels = tf.shape(magnitude)[3]
+        rows = tf.reshape(
+            tf.transpose(magnitude, [0, 3, 1, 2]), [-1, channels, height * width]
+        )
+        kth = _kth_largest(rows, num_kept(keep_fraction, height * width))
+        return kth[:, tf.newaxis, tf.newaxis, :]
+    size = magnitude.shape[-1]
+    if size is None:
+        raise ValueError(
+            "The `topk` rule needs a static last dimension. "
+            f"Received a gradient of shape {magnitude.shape}."
+        )
+    return _kth_largest(magnitude, num_kept(keep_fraction, size))[..., tf.newaxis]
+
+
+def _lateral_weights(zone_size):
+    """(d / l) * exp(-d / l) for each offset of the l x l zone; 0 at the centre."""
+    half = zone_size // 2
+    offsets = np.arange(-half, half + 1, dtype=np.float64)
+    distance = np.sqrt(offsets[:, None] ** 2 + offsets[None, :] ** 2)
+    weights = distance / zone_size * np.exp(-distance / zone_size)
+    return weights.reshape(-1).astype(np.float32)
+
+
+def _lateral_keep(g32, zone_size, inhibition_base, inhibition_strength):
+    """The LICNN-style spatial keep map [N, H, W, 1] of a rank-4 gradient."""
+    magnitude = tf.sqrt(tf.reduce_sum(tf.square(g32), axis=3, keepdims=True))
+    norm = tf.sqrt(tf.reduce_sum(tf.square(magnitude), axis=[1, 2], keepdims=True))
+    m_hat = magnitude / tf.maximum(norm, _TINY)
+    # Average pooling with SAME padding leaves positions outside the map out of the
+    # count, which is what the zone mean asks for.
+    zone_mean = tf.nn.avg_pool2d(m_hat, zone_size, 1, "SAME")
+    # Zero padding leaves positions outside the map out of the sum too: m_hat >= 0,
+    # so relu(0 - m_hat[centre]) = 0.
+    patches = tf.image.extract_patches(
+        m_hat,
+        sizes=[1, zone_size, zone_size, 1],
+        strides=[1, 1, 1, 1],
+        rates=[1, 1, 1, 1],
+        padding="SAME",
+    )
+    stronger = tf.nn.relu(patches - m_hat)
+    surround = tf.reduce_sum(
+        stronger * _lateral_weights(zone_size), axis=3, keepdims=True
+    )
+    inhibition = inhibition_base * tf.exp(-zone_mean) + inhibition_strength * surround
+    inhibition_norm = tf.sqrt(
+        tf.reduce_sum(tf.square(inhibition), axis=[1, 2], keepdims=True)
+    )
+    inhibition_hat = inhibition / tf.maximum(inhibition_norm, _TINY)
+    # "not (m_hat <= T_hat)" keeps a NaN map, so a NaN gradient is passed on.
+    return tf.cast(tf.logical_not(m_hat <= inhibition_hat), tf.float32)
+
+
+def mask_gradient(g, config, seed=None):
+    """Masks a gradient by the rule of `config` (the backward of the op).
+
+    Args:
+      g: The gradient, rank 2 `[N, D]` or rank 4 `[N, H, W, C]`, any float dtype.
+      config: A `MaskConfig`.
+      seed: For the `random` rule, a `[2]` integer tensor for a stateless draw; if
+        None, `config.seed` is used (`[seed, 0]`), and with no seed at all a fresh
+        stateful draw is made.
+
+    Returns:
+      `(masked, kept_fraction)`: the masked gradient, with the dtype of `g`, and
+      the float32 scalar share of entries that were kept.
+    """
+    g = tf.convert_to_tensor(g)
+    rank = g.shape.rank
+    if rank not in (2, 4):
+        raise ValueError(
+            "Gradient Mask applies to rank-2 [N, D] or rank-4 [N, H, W, C] tensors. "
+            f"Received a tensor of shape {g.shape}."
+        )
+    if not g.dtype.is_floating:
+        raise ValueError(f"Gradient Mask needs a float tensor. Received dtype {g.dtype}.")
+    rule = config.rule
+    if rule == "none" or (rule in ("mean", "local") and config.alpha == 0):
+        return g, tf.ones([], tf.float32)
+    if rank == 2 and rule in ("local", "lateral"):
+        # No spatial neighbourhood: both behave as `mean` over the D units.
+        rule = "mean"
+    # Thresholds are computed in float32 whatever the gradient's dtype.
+    g32 = tf.cast(g, tf.float32)
+    axes = _neighbourhood_axes(rank, config.scope)
+    if rule == "mean":
+        magnitude = tf.abs(g32)
+        tau = config.alpha * tf.reduce_mean(magnitude, axis=axes, keepdims=True)
+        masked, keep = _threshold_mask(g, magnitude, tau, config.soft)
+    elif rule == "local":
+        magnitude = tf.abs(g32)
+        # SAME average pooling does not count the padding: a true local mean.
+        local_mean = tf.nn.avg_pool2d(magnitude, config.kernel_size, 1, "SAME")
+        masked, keep = _threshold_mask(g, magnitude, config.alpha * local_mean, config.soft)
+        axes = (1, 2)
+    elif rule == "topk":
+        magnitude = tf.abs(g32)
+        tau = _topk_threshold(magnitude, config.keep_fraction, config.scope)
+        masked, keep = _threshold_mask(g, magnitude, tau, config.soft)
+    elif rule == "lateral":
+        keep = _lateral_keep(
+            g32, config.zone_size, config.inhibition_base, config.inhibition_strength
+        )
+        masked = g * tf.cast(keep, g.dtype)
+        axes = (1, 2)
+    else:  # random: the control, a mask of equal sparsity that knows nothing.
+        if seed is None and config.seed is not None:
+            seed = tf.constant([config.seed, 0], tf.int64)
+        if seed is None:
+            uniform = tf.random.uniform(tf.shape(g))
+        else:
+            uniform = tf.random.stateless_uniform(
+                tf.shape(g), seed=tf.cast(seed, tf.int64), alg="philox"
+            )
+        keep = tf.cast(uniform < config.keep_fraction, tf.float32)
+        masked = g * tf.cast(keep, g.dtype)
+        axes = (1, 2) if rank == 4 else (1,)
+    if config.rescale:
+        masked = _rescale(g, masked, axes)
+    return masked, tf.reduce_mean(keep)
+
+
+def masked_identity(x, config, *, enabled=True, seed=None, probe=None):
+    """Identity forward whose backward masks the gradient by `config`.
+
+    The building block of `gradient_mask` and of the `GradientMask` layer. Every
+    tensor reaches the `tf.custom_gradient` function positionally: passed by keyword,
+    custom_gradient silently falls back to plain autodiff (tensorflow#65839). Switches
+    are read by the caller and passed in as tensors, so the decorated function reads
+    no variable (tensorflow#31945).
+
+    Args:
+      x: The activation, rank 2 or rank 4.
+      config: A `MaskConfig`.
+      enabled: A Python bool or a scalar bool tensor; when false the gradient passes
+        unchanged, with no retracing when a tensor flips.
+      seed: A `[2]` integer tensor keying the `random` rule's draw, or None.
+      probe: A float32 scalar tensor, or None. Its gradient is the kept fraction of
+        this mask point, so a training step can report it without side effects.
+
+    Returns:
+      A tensor equal to `x`.
+    """
+    x = tf.convert_to_tensor(x)
+    if x.shape.rank not in (2, 4):
+        raise ValueError(
+            "Gradient Mask applies to rank-2 [N, D] or rank-4 [N, H, W, C] tensors. "
+            f"Received a tensor of shape {x.shape}."
+        )
+    if not x.dtype.is_floating:
+        raise ValueError(f"Gradient Mask needs a float tensor. Received dtype {x.dtype}.")
+    use_seed = seed is not None
+    seed = tf.cast(seed, tf.int64) if use_seed else tf.zeros([2], tf.int64)
+    probe = tf.zeros([], tf.float32) if probe is None else probe
+    static_enabled = enabled if isinstance(enabled, bool) else None
+    enabled = tf.convert_to_tensor(enabled, tf.bool)
+
+    @tf.custom_gradient
+    def identity(x, enabled, seed, probe):
+        def grad(upstream):
+            def masked():
+                return mask_gradient(upstream, config, seed if use_seed else None)
+
+            def passed():
+                return upstream, tf.ones([], tf.float32)
+
+            if static_enabled is None:
+                result, kept = tf.cond(enabled, masked, passed)
+            else:
+                result, kept = masked() if static_enabled else passed()
+            return result, None, None, kept
+
+        return tf.identity(x), grad
+
+    return identity(x, enabled, seed, probe)
+
+
+def gradient_mask(
+    x,
+    rule="mean",
+    *,
+    scope="spatial",
+    alpha=1.0,
+    kernel_size=3,
+    keep_fraction=0.5,
+    soft=False,
+    rescale=False,
+    zone_size=7,
+    inhibition_base=0.1,
+    inhibition_strength=0.9,
+    seed=None,
+):
+    """Identity forward; backward lets strong gradients through, masks weak ones.
+
+    Always masks: it is the building block. The `GradientMask` layer decides when
+    to use it (only with `training=True`).
+
+    For each sample, a threshold `tau` is computed in float32 from `|g|` over a
+    neighbourhood; hard mode keeps `g` where `|g| >= tau`, soft mode returns
+    `sign(g) * max(|g| - tau, 0)`.
+
+    Args:
+      x: A float tensor, rank 2 `[N, D]` or rank 4 `[N, H, W, C]` (channels last).
+      rule: One of `"none"` (no masking), `"mean"` (`tau = alpha * mean |g|` over the
+        neighbourhood), `"local"` (`tau = alpha *` the `kernel_size` x
+        `kernel_size` spatial mean of `|g|`, padding not counted), `"topk"` (keep the
+        `ceil(keep_fraction * n)` largest `|g|` of each neighbourhood, ties kept),
+        `"lateral"` (LICNN lateral inhibition between positions, one spatial mask
+        shared by all channels) or `"random"` (the control: keep each entry with
+        probability `keep_fraction`). Defaults to `"mean"`.
+      scope: Neighbourhood of `mean` and `topk`: `"spatial"` (the H x W positions of
+        one sample and channel; on rank 2 the D units of one sample) or `"channel"`
+        (the C channels at one sample and position). Defaults to `"spatial"`.
+      alpha: Threshold factor of `mean` and `local`, >= 0. Defaults to 1.0.
+      kernel_size: Window of `local`, a positive odd integer. Defaults to 3.
+      keep_fraction: Share kept by `topk` and `random`, in (0, 1]. Defaults to 0.5.
+      soft: Shrink by `tau` instead of cutting; not defined for `lateral`.
+        Defaults to False.
+      rescale: Multiply the masked gradient by `||g||_1 / ||g_masked||_1` per
+        neighbourhood (per feature map for `local`, `lateral`, `random`), keeping the
+        step size. Defaults to False.
+      zone_size: Zone of `lateral`, a positive odd integer. Defaults to 7.
+      inhibition_base: `lateral`'s base inhibition a, >= 0. Defaults to 0.1.
+      inhibition_strength: `lateral`'s neighbour inhibition b, >= 0. Defaults to 0.9.
+      seed: Integer seed of the `random` rule's stateless draw (the same mask for the
+        same shape on every call), or None for a fresh draw each call. The layer keys
+        its draw by its seed and the training step instead. Defaults to None.
+
+    Returns:
+      A tensor equal to `x` whose gradient is masked.
+
+    Raises:
+      ValueError: for an invalid parameter, or a tensor that is not rank 2 or 4.
+
+    References:
+      Jiang et al., "Gradient Mask: Lateral Inhibition Mechanism Improves
+      Performance in Artificial Neural Networks", arXiv:2208.06918, 2022.
+    """
+    config = MaskConfig(
+        rule=rule,
+        scope=scope,
+        alpha=alpha,
+        kernel_size=kernel_size,
+        keep_fraction=keep_fraction,
+        soft=soft,
+        rescale=rescale,
+        zone_size=zone_size,
+        inhibition_base=inhibition_base,
+        inhibition_strength=inhibition_strength,
+        seed=seed,
+    )
+    return masked_identity(x, config)
