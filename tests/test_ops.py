@@ -1,0 +1,294 @@
+"""The op's backward against the NumPy reference, in every execution mode."""
+
+import itertools
+
+import ml_dtypes
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gradmask_tf import MaskConfig, gradient_mask, mask_gradient
+from gradmask_tf import ops
+from tests.reference import reference_mask
+
+SHAPES = {2: (3, 9), 4: (2, 6, 5, 3)}
+MODES = ("eager", "function", "xla")
+
+
+def backward(x, upstream, mode="eager", **options):
+    """The gradient that `gradient_mask(x, **options)` sends down for `upstream`."""
+
+    def compute(x, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = gradient_mask(x, **options)
+        return tape.gradient(y, x, output_gradients=upstream)
+
+    if mode != "eager":
+        compute = tf.function(compute, jit_compile=mode == "xla")
+    return compute(tf.constant(x), tf.constant(upstream)).numpy()
+
+
+def random_gradient(rank, seed=0, dtype=np.float32):
+    return np.random.default_rng(seed).normal(size=SHAPES[rank]).astype(dtype)
+
+
+def assert_matches_reference(actual, expected, borderline, atol=1e-6, rtol=1e-5):
+    assert actual.dtype == expected.dtype
+    settled = ~borderline
+    np.testing.assert_allclose(
+        actual[settled].astype(np.float64),
+        expected[settled].astype(np.float64),
+        rtol=rtol,
+        atol=atol,
+    )
+
+
+# Every rule, scope and option on both ranks ("soft" is not defined for lateral).
+GRID = [
+    (rule, scope, soft, rescale, rank)
+    for rule, scope, soft, rescale, rank in itertools.product(
+        ("none", "mean", "local", "topk", "lateral"),
+        ("spatial", "channel"),
+        (False, True),
+        (False, True),
+        (2, 4),
+    )
+    if not (soft and rule == "lateral")
+    and not (scope == "channel" and rule in ("none", "local", "lateral"))
+]
+
+
+@pytest.mark.parametrize("rule,scope,soft,rescale,rank", GRID)
+def test_backward_matches_reference(rule, scope, soft, rescale, rank):
+    upstream = random_gradient(rank, seed=rank)
+    options = dict(rule=rule, scope=scope, soft=soft, rescale=rescale)
+    if rule == "lateral":
+        options["zone_size"] = 3
+    expected, borderline = reference_mask(upstream, **options)
+    assert not borderline.any(), "the fixed test tensor should have no ties"
+    actual = backward(np.ones_like(upstream), upstream, **options)
+    assert_matches_reference(actual, expected, borderline)
+    if rule != "none":
+        assert (actual == 0).any() and (actual != 0).any()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("rank", (2, 4))
+@pytest.mark.parametrize("rule", ("mean", "local", "topk", "lateral"))
+def test_same_results_eagerly_in_function_and_xla(rule, rank, mode):
+    upstream = random_gradient(rank, seed=7)
+    options = dict(rule=rule, rescale=True)
+    expected, borderline = reference_mask(upstream, **options)
+    actual = backward(np.zeros_like(upstream), upstream, mode=mode, **options)
+    assert_matches_reference(actual, expected, borderline)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(rule="mean", alpha=0.5),
+        dict(rule="mean", alpha=2.0, scope="channel"),
+        dict(rule="local", alpha=1.3, kernel_size=5),
+        dict(rule="topk", keep_fraction=0.3),
+        dict(rule="topk", keep_fraction=1.0, scope="channel"),
+        dict(rule="lateral", zone_size=5, inhibition_base=0.3, inhibition_strength=2.0),
+        dict(rule="lateral", zone_size=1),
+        dict(rule="lateral", zone_size=3, inhibition_strength=0.0),
+        dict(rule="lateral", zone_size=3, inhibition_base=0.0),
+    ],
+)
+def test_parameters_change_the_mask_as_the_reference_does(options):
+    upstream = random_gradient(4, seed=3)
+    expected, borderline = reference_mask(upstream, **options)
+    actual = backward(np.ones_like(upstream), upstream, **options)
+    assert_matches_reference(actual, expected, borderline)
+
+
+def test_forward_is_exactly_the_identity():
+    x = np.random.default_rng(1).normal(size=SHAPES[4]).astype(np.float32)
+    for rule in ops.RULES:
+        y = gradient_mask(tf.constant(x), rule, seed=0).numpy()
+        np.testing.assert_array_equal(y, x)
+
+
+def test_topk_keeps_ties():
+    upstream = np.array([[3.0, 1.0, 1.0, 1.0, 0.5, -1.0]], np.float32)
+    # ceil(0.5 * 6) = 3 largest: 3 and the four tied |1.0| entries all survive.
+    actual = backward(np.zeros_like(upstream), upstream, rule="topk")
+    np.testing.assert_array_equal(actual, [[3.0, 1.0, 1.0, 1.0, 0.0, -1.0]])
+    assert ops.num_kept(0.1, 10) == 1 and ops.num_kept(0.3, 10) == 3
+
+
+@pytest.mark.parametrize("mode", ("eager", "xla"))
+def test_topk_uses_a_threshold_that_xla_can_compile(mode):
+    # On the CPU outside XLA the k-th value comes from NthElement, inside XLA from
+    # top_k; both must give the reference.
+    upstream = random_gradient(4, seed=11)
+    expected, borderline = reference_mask(upstream, rule="topk", keep_fraction=0.25)
+    actual = backward(upstream, upstream, mode=mode, rule="topk", keep_fraction=0.25)
+    assert_matches_reference(actual, expected, borderline)
+
+
+class TestRandomRule:
+    def keep_map(self, shape, seed, mode="eager", keep_fraction=0.5):
+        return backward(
+            np.zeros(shape, np.float32),
+            np.ones(shape, np.float32),
+            mode=mode,
+            rule="random",
+            seed=seed,
+            keep_fraction=keep_fraction,
+        )
+
+    def test_matches_reference_given_its_draw(self):
+        upstream = random_gradient(4, seed=5)
+        keep = self.keep_map(upstream.shape, seed=3)
+        for rescale in (False, True):
+            expected, _ = reference_mask(
+                upstream, "random", rescale=rescale, random_keep=keep
+            )
+            actual = backward(
+                upstream, upstream, rule="random", seed=3, rescale=rescale
+            )
+            np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+    def test_keeps_the_requested_share_and_is_reproducible(self):
+        shape = (8, 16, 16, 8)
+        keep = self.keep_map(shape, seed=1, keep_fraction=0.3)
+        assert set(np.unique(keep)) == {0.0, 1.0}
+        assert abs(keep.mean() - 0.3) < 0.01
+        np.testing.assert_array_equal(keep, self.keep_map(shape, seed=1, keep_fraction=0.3))
+        assert (keep != self.keep_map(shape, seed=2, keep_fraction=0.3)).any()
+
+    def test_same_draw_with_and_without_xla(self):
+        shape = SHAPES[4]
+        np.testing.assert_array_equal(
+            self.keep_map(shape, seed=4), self.keep_map(shape, seed=4, mode="xla")
+        )
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.float16, ml_dtypes.bfloat16, np.float32, np.float64]
+)
+@pytest.mark.parametrize("rule", ("mean", "local", "topk", "lateral"))
+def test_dtypes_threshold_in_float32_result_in_gradient_dtype(rule, dtype):
+    upstream = random_gradient(4, seed=9).astype(dtype)
+    actual = backward(np.zeros_like(upstream), upstream, rule=rule)
+    assert actual.dtype == upstream.dtype
+    assert np.isfinite(actual.astype(np.float64)).all()
+    expected, borderline = reference_mask(upstream.astype(np.float32), rule=rule)
+    assert_matches_reference(
+        actual.astype(np.float32), expected, borderline, atol=0, rtol=0
+    )
+
+
+def test_float16_threshold_does_not_overflow():
+    # 60000 is near float16's maximum: a float16 sum would overflow to inf and mask
+    # everything; the float32 threshold keeps the entries above the mean.
+    upstream = np.full(SHAPES[4], 60000.0, np.float16)
+    upstream[:, ::2] = 100.0
+    actual = backward(np.zeros_like(upstream), upstream, rule="mean")
+    np.testing.assert_array_equal(actual, np.where(upstream > 100, upstream, 0))
+
+
+@pytest.mark.parametrize("soft", (False, True))
+@pytest.mark.parametrize("rescale", (False, True))
+@pytest.mark.parametrize("rule", ops.RULES)
+def test_all_zero_gradient_gives_zeros(rule, soft, rescale):
+    if soft and rule == "lateral":
+        pytest.skip("soft is not defined for lateral")
+    for rank in (2, 4):
+        zeros = np.zeros(SHAPES[rank], np.float32)
+        actual = backward(
+            zeros, zeros, rule=rule, soft=soft, rescale=rescale, seed=0
+        )
+        np.testing.assert_array_equal(actual, zeros)
+
+
+@pytest.mark.parametrize("soft", (False, True))
+@pytest.mark.parametrize("rule", ("mean", "local", "topk", "lateral", "random"))
+def test_nan_in_gradient_is_passed_on(rule, soft):
+    if soft and rule == "lateral":
+        pytest.skip("soft is not defined for lateral")
+    upstream = random_gradient(4, seed=2)
+    upstream[0, 1, 1, 0] = np.nan
+    options = dict(rule=rule, soft=soft, seed=0)
+    if rule == "random":
+        options["keep_fraction"] = 1.0
+    actual = backward(np.zeros_like(upstream), upstream, **options)
+    assert np.isnan(actual[0, 1, 1, 0])
+    # The other sample's gradient is untouched by the NaN: no NaN is created there.
+    assert np.isfinite(actual[1]).all()
+
+
+INVALID = [
+    (dict(rule="median"), "rule"),
+    (dict(scope="pixel"), "scope"),
+    (dict(alpha=-0.1), "alpha"),
+    (dict(alpha=float("nan")), "alpha"),
+    (dict(keep_fraction=0.0), "keep_fraction"),
+    (dict(keep_fraction=1.5), "keep_fraction"),
+    (dict(kernel_size=4), "kernel_size"),
+    (dict(kernel_size=0), "kernel_size"),
+    (dict(zone_size=-3), "zone_size"),
+    (dict(zone_size=2.0), "zone_size"),
+    (dict(inhibition_base=-1.0), "inhibition_base"),
+    (dict(inhibition_strength=-0.5), "inhibition_strength"),
+    (dict(rule="lateral", soft=True), "soft"),
+    (dict(soft="yes"), "soft"),
+    (dict(seed=1.5), "seed"),
+]
+
+
+@pytest.mark.parametrize("options,name", INVALID)
+def test_invalid_parameters_name_the_parameter(options, name):
+    with pytest.raises(ValueError, match=f"`{name}`.*Received: {name}="):
+        gradient_mask(tf.ones([2, 3]), **options)
+
+
+def test_rank_and_dtype_errors_are_clear():
+    with pytest.raises(ValueError, match="rank-2"):
+        gradient_mask(tf.ones([2, 3, 4]))
+    with pytest.raises(ValueError, match="float"):
+        gradient_mask(tf.ones([2, 3], tf.int32))
+
+
+def test_masks_whichever_way_the_op_is_called():
+    # tf.custom_gradient falls back to plain autodiff for tensors passed by keyword
+    # (tensorflow#65839): every calling convention must still mask.
+    x = tf.constant(random_gradient(2, seed=4))
+    upstream = tf.constant(random_gradient(2, seed=5))
+    calls = {
+        "positional": lambda: gradient_mask(x, "mean"),
+        "keyword x": lambda: gradient_mask(x=x, rule="mean"),
+        "default rule": lambda: gradient_mask(x),
+        "all keywords": lambda: gradient_mask(x=x, rule="mean", scope="spatial"),
+    }
+    expected, _ = reference_mask(upstream.numpy(), "mean")
+    for name, call in calls.items():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = call()
+        actual = tape.gradient(y, x, output_gradients=upstream).numpy()
+        np.testing.assert_allclose(actual, expected, rtol=1e-6, err_msg=name)
+
+
+def test_masked_identity_reports_kept_fraction_and_obeys_enabled():
+    x = tf.constant(random_gradient(4, seed=6))
+    upstream = tf.constant(random_gradient(4, seed=8))
+    config = MaskConfig("mean")
+    _, expected_kept = mask_gradient(upstream, config)
+    probe = tf.zeros([])
+    for enabled in (True, False, tf.constant(True), tf.constant(False)):
+        with tf.GradientTape() as tape:
+            tape.watch([x, probe])
+            y = ops.masked_identity(x, config, enabled=enabled, probe=probe)
+        grad_x, kept = tape.gradient(y, [x, probe], output_gradients=upstream)
+        if bool(enabled):
+            assert float(kept) == pytest.approx(float(expected_kept))
+            assert 0 < float(kept) < 1
+            assert (grad_x.numpy() == 0).any()
+        else:
+            assert float(kept) == 1.0
+            np.testing.assert_array_equal(grad_x.numpy(), upstream.numpy())
