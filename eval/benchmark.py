@@ -1,0 +1,154 @@
+"""Times what Gradient Mask adds: the op's backward, and (later) full training steps.
+
+Run: `python -m eval.benchmark [--repeats=30] [--shape=128,28,28,32]`.
+
+Every candidate is timed interleaved in one process (round-robin, so drift in the
+machine's speed hits all alike) and the median over repeats is reported, with a
+table for people and one JSON line for scripts.
+
+The op's backward is compared with an identity whose backward writes its output
+once (read + write of the gradient: the least any op that hands a new gradient
+tensor down must do). A plain `tf.identity` backward writes nothing, since TensorFlow
+forwards the buffer, so its time is call overhead, reported as `passthrough`.
+"""
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import gradmask_tf
+from gradmask_tf import ops
+
+RULES = ("none", "mean", "local", "topk", "lateral", "random")
+
+
+def _interleaved_medians(candidates, repeats, warmup=3):
+    """Runs each callable `repeats` times round-robin; returns median seconds."""
+    for run in candidates.values():
+        for _ in range(warmup):
+            run()
+    times = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, run in candidates.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def _backward_fn(forward, jit_compile):
+    @tf.function(jit_compile=jit_compile)
+    def backward(x, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = forward(x)
+        gradient = tape.gradient(y, x, output_gradients=upstream)
+        # One element comes back, so only the backward itself is timed, not a copy
+        # of its result to NumPy; it depends on the whole computation.
+        return tf.reshape(gradient, [-1])[0]
+
+    return backward
+
+
+@tf.custom_gradient
+def _copying_identity(x):
+    def grad(upstream):
+        return tf.raw_ops.DeepCopy(x=upstream)
+
+    return tf.identity(x), grad
+
+
+def op_candidates(shape, jit_compile=False):
+    """Backward-only callables, each returning a materialized gradient."""
+    x = tf.random.normal(shape)
+    upstream = tf.random.normal(shape, seed=1)
+    forwards = {
+        "passthrough": tf.identity,
+        "identity": _copying_identity,
+    }
+    for rule in RULES:
+        config = ops.MaskConfig(rule, seed=0 if rule == "random" else None)
+        forwards[rule] = lambda t, config=config: ops.masked_identity(t, config)
+    candidates = {}
+    for name, forward in forwards.items():
+        backward = _backward_fn(forward, jit_compile)
+        candidates[name] = lambda backward=backward: float(backward(x, upstream))
+    return candidates
+
+
+def benchmark_op(shape, repeats):
+    medians = _interleaved_medians(op_candidates(shape), repeats)
+    reference = medians["identity"]
+    megabytes = np.prod(shape) * 4 / 1e6
+    rows = []
+    for name, seconds in medians.items():
+        rows.append(
+            {
+                "name": name,
+                "ms": round(seconds * 1e3, 3),
+                "vs_identity": round(seconds / reference, 2),
+                "gradient_passes": round(seconds / reference * 2, 1),
+            }
+        )
+    return {"shape": list(shape), "megabytes": round(float(megabytes), 1), "rows": rows}
+
+
+def _print_table(title, rows, columns):
+    print(f"\n{title}")
+    header = " | ".join(f"{column:>12}" for column in columns)
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(" | ".join(f"{str(row[column]):>12}" for column in columns))
+
+
+def environment():
+    return {
+        "tensorflow": tf.__version__,
+        "gradmask_tf": gradmask_tf.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": __import__("os").cpu_count(),
+        "gpus": len(tf.config.list_physical_devices("GPU")),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--shape", default="128,28,28,32")
+    args = parser.parse_args(argv)
+    try:
+        shape = tuple(int(v) for v in args.shape.split(","))
+        if len(shape) not in (2, 4) or min(shape) <= 0:
+            raise ValueError
+    except ValueError:
+        print(
+            f"error: --shape: expected 2 or 4 positive comma-separated integers, "
+            f"received {args.shape!r}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.repeats < 1:
+        print(f"error: --repeats: expected >= 1, received {args.repeats}", file=sys.stderr)
+        return 2
+    result = {"environment": environment()}
+    result["op_backward"] = benchmark_op(shape, args.repeats)
+    _print_table(
+        f"Op backward on a {list(shape)} float32 gradient "
+        f"({result['op_backward']['megabytes']} MB), CPU, no XLA, "
+        f"median of {args.repeats}",
+        result["op_backward"]["rows"],
+        ("name", "ms", "vs_identity", "gradient_passes"),
+    )
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
