@@ -1,0 +1,629 @@
+"""Image classification data as `tf.data` pipelines of pixels in [0, 1].
+
+`load` returns `(image, label)` pairs: float32 images `[H, W, C]` in [0, 1] (the
+model's input domain; normalization lives inside the model, so attacks and saliency work
+in pixel space) and int32 labels. Datasets are named as in tensorflow-datasets (TFDS).
+
+Sources, first one found wins, so that nothing is downloaded while a local copy exists:
+1. for `mnist` and `fashion_mnist`, IDX files in `data_dir` (read directly);
+2. a dataset already prepared by TFDS in `data_dir` (or TFDS's default directory);
+3. for `fashion_mnist`, Debian's package `dataset-fashion-mnist`
+   (`DEBIAN_FASHION_MNIST_DIR`), whose gzip files are recompressed so TFDS's checksums
+   reject them; they are read directly;
+4. a TFDS download, skipped when the environment variable `GRADMASK_OFFLINE` is set to a
+   true value (1, true, yes).
+"""
+
+import dataclasses
+import gzip
+import os
+import re
+import struct
+
+import numpy as np
+import tensorflow as tf
+
+DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+# Datasets published as the four IDX files of LeCun's MNIST layout.
+_IDX_DATASETS = ("mnist", "fashion_mnist")
+_IDX_SPLITS = ("train", "test")
+_IDX_FILE_PREFIX = {"train": "train", "test": "t10k"}
+_IDX_IMAGES_MAGIC = 2051
+_IDX_LABELS_MAGIC = 2049
+_IDX_IMAGE_SHAPE = (28, 28, 1)
+_IDX_NUM_CLASSES = 10
+
+_OFFLINE_ENVIRONMENT_VARIABLE = "GRADMASK_OFFLINE"
+
+# Padding of the CIFAR-style random crop, in pixels on each side.
+_CROP_PADDING = 4
+_AUGMENT_IMAGE_SHAPE = (32, 32, 3)
+
+# One term of a split spec: `name`, `name[start:stop]`, bounds as ints or percents.
+_SPLIT_TERM = re.compile(
+    r"^(?P<name>\w+)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$"
+)
+
+
+class DatasetUnavailableError(ValueError):
+    """No source of the requested dataset could be read or downloaded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset before seeing it.
+
+    Attributes:
+        name: The dataset's name, as passed to `load`.
+        image_shape: `(height, width, channels)`; an entry is None where the images of
+            the dataset vary in that dimension.
+        num_classes: Number of label values.
+        num_train: Examples in the train split, or None where unknown without a
+            download.
+        num_test: Examples in the test split, or None where unknown (or absent).
+    """
+
+    name: str
+    image_shape: tuple
+    num_classes: int
+    num_train: int | None
+    num_test: int | None
+
+
+def _invalid(name, expected, value):
+    return ValueError(
+        f"Invalid value for argument `{name}`: expected {expected}. "
+        f"Received: {name}={value!r}"
+    )
+
+
+def _is_integer(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _first_line(error):
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def _offline():
+    value = os.environ.get(_OFFLINE_ENVIRONMENT_VARIABLE, "")
+    return value.strip().lower() in ("1", "true", "yes")
+
+
+# IDX files ----------------------------------------------------------------------------
+
+
+def _idx_file_names(split):
+    prefix = _IDX_FILE_PREFIX[split]
+    return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+
+
+def _find_idx_file(directory, file_name):
+    for candidate in (file_name + ".gz", file_name):
+        path = os.path.join(directory, candidate)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _idx_paths(directory, splits):
+    """`{split: (images_path, labels_path)}`, or None unless every file is present."""
+    if directory is None or not os.path.isdir(directory):
+        return None
+    paths = {}
+    for split in splits:
+        found = tuple(
+            _find_idx_file(directory, name) for name in _idx_file_names(split)
+        )
+        if None in found:
+            return None
+        paths[split] = found
+    return paths
+
+
+def _open_idx(path):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def _read_idx_bytes(path, num_bytes=-1):
+    try:
+        with _open_idx(path) as file:
+            return file.read(num_bytes)
+    except (OSError, EOFError) as error:  # gzip.BadGzipFile and zlib.error are OSError.
+        raise ValueError(
+            f"Could not read IDX file {path}: {_first_line(error)}. The file is "
+            "corrupt or not gzip-compressed; replace it with a fresh copy."
+        ) from error
+
+
+def _parse_idx_header(path, data, magic):
+    """Checks the header of an IDX file and returns its dimensions."""
+    rank = 3 if magic == _IDX_IMAGES_MAGIC else 1
+    header_size = 4 * (1 + rank)
+    kind = "images" if rank == 3 else "labels"
+    if len(data) < header_size:
+        raise ValueError(
+            f"IDX {kind} file {path} is truncated: {len(data)} bytes, shorter than its "
+            f"{header_size}-byte header. Replace it with a fresh copy."
+        )
+    found_magic, *dimensions = struct.unpack(f">{1 + rank}I", data[:header_size])
+    if found_magic != magic:
+        raise ValueError(
+            f"File {path} is not an IDX {kind} file: magic number {found_magic}, "
+            f"expected {magic}. The file is corrupt or of another kind; replace it "
+            "with a fresh copy."
+        )
+    return header_size, dimensions
+
+
+def _read_idx_images(path):
+    data = _read_idx_bytes(path)
+    header_size, (count, rows, columns) = _parse_idx_header(
+        path, data, _IDX_IMAGES_MAGIC
+    )
+    expected = header_size + count * rows * columns
+    if len(data) != expected:
+        raise ValueError(
+            f"IDX images file {path} is corrupt: its header announces {count} images "
+            f"of {rows}x{columns} ({expected} bytes) but it holds {len(data)} bytes. "
+            "Replace it with a fresh copy."
+        )
+    images = np.frombuffer(data, dtype=np.uint8, offset=header_size)
+    return images.reshape(count, rows, columns, 1)
+
+
+def _read_idx_labels(path):
+    data = _read_idx_bytes(path)
+    header_size, (count,) = _parse_idx_header(path, data, _IDX_LABELS_MAGIC)
+    if len(data) != header_size + count:
+        raise ValueError(
+            f"IDX labels file {path} is corrupt: its header announces {count} labels "
+            f"({header_size + count} bytes) but it holds {len(data)} bytes. Replace it "
+            "with a fresh copy."
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header_size).astype(np.int32)
+
+
+def _read_idx_split(images_path, labels_path):
+    images = _read_idx_images(images_path)
+    labels = _read_idx_labels(labels_path)
+    if len(images) != len(labels):
+        raise ValueError(
+            f"IDX files {images_path} and {labels_path} do not match: "
+            f"{len(images)} images but {len(labels)} labels."
+        )
+    return images, labels
+
+
+def _count_idx_examples(images_path):
+    data = _read_idx_bytes(images_path, num_bytes=16)
+    _, (count, _, _) = _parse_idx_header(images_path, data, _IDX_IMAGES_MAGIC)
+    return count
+
+
+def write_idx(directory, images_uint8, labels_uint8, split, compress=True):
+    """Writes images and labels as the two IDX files of one split.
+
+    The files carry the names of LeCun's MNIST layout (`train-images-idx3-ubyte.gz`,
+    `t10k-labels-idx1-ubyte.gz`, ...), so that
+    `load("mnist", split, data_dir=directory)` and `load("fashion_mnist", ...)` read
+    them.
+
+    Args:
+        directory: Directory to write into; created if missing.
+        images_uint8: uint8 array `[N, rows, columns]` or `[N, rows, columns, 1]`.
+        labels_uint8: uint8 array `[N]`.
+        split: `"train"` or `"test"`.
+        compress: Whether to gzip the files (and add `.gz` to their names). Defaults
+            to True.
+
+    Returns:
+        The paths `(images_path, labels_path)` written.
+
+    Raises:
+        ValueError: If an argument has the wrong dtype, shape or value.
+    """
+    images = np.asarray(images_uint8)
+    labels = np.asarray(labels_uint8)
+    if split not in _IDX_SPLITS:
+        raise _invalid("split", "'train' or 'test'", split)
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise _invalid(
+            "images_uint8",
+            "a uint8 array of shape [N, rows, columns] or [N, rows, columns, 1]",
+            f"array of dtype {images.dtype} and shape {images.shape}",
+        )
+    if images.ndim == 4:
+        if images.shape[-1] != 1:
+            raise _invalid(
+                "images_uint8",
+                "one channel (IDX files hold grayscale images)",
+                f"array of shape {images.shape}",
+            )
+        images = images[..., 0]
+    if labels.dtype != np.uint8 or labels.shape != (len(images),):
+        raise _invalid(
+            "labels_uint8",
+            f"a uint8 array of shape [{len(images)}] (one label per image)",
+            f"array of dtype {labels.dtype} and shape {labels.shape}",
+        )
+    os.makedirs(directory, exist_ok=True)
+    count, rows, columns = images.shape
+    contents = (
+        struct.pack(">4I", _IDX_IMAGES_MAGIC, count, rows, columns) + images.tobytes(),
+        struct.pack(">2I", _IDX_LABELS_MAGIC, count) + labels.tobytes(),
+    )
+    paths = []
+    for file_name, content in zip(_idx_file_names(split), contents):
+        path = os.path.join(directory, file_name + (".gz" if compress else ""))
+        if compress:
+            # mtime=0: the same arrays give byte-identical files.
+            with open(path, "wb") as raw, gzip.GzipFile(
+                fileobj=raw, mode="wb", compresslevel=6, mtime=0
+            ) as file:
+                file.write(content)
+        else:
+            with open(path, "wb") as file:
+                file.write(content)
+        paths.append(path)
+    return tuple(paths)
+
+
+def _parse_idx_split(split):
+    """Turns a TFDS-style split spec into `[(split, start, stop, percent), ...]`."""
+    expected = (
+        "'train', 'test', 'all', or slices of them joined by '+' such as "
+        "'train[:90%]' or 'test[:1000]+train[-500:]'"
+    )
+    terms = []
+    for term in re.split(r"\s*\+\s*", split.strip()):
+        match = _SPLIT_TERM.match(term)
+        if not match or match["name"] not in _IDX_SPLITS + ("all",):
+            raise _invalid("split", expected, split)
+        if match["name"] == "all":
+            if match["start"] is not None or match["stop"] is not None:
+                raise _invalid("split", expected, split)
+            terms.extend((name, None, None) for name in _IDX_SPLITS)
+        else:
+            terms.append((match["name"], match["start"], match["stop"]))
+    return terms
+
+
+def _resolve_bound(bound, count, split):
+    if bound is None:
+        return None
+    if bound.endswith("%"):
+        percent = int(bound[:-1])
+        if abs(percent) > 100:
+            raise _invalid("split", "percent slice bounds in [-100%, 100%]", split)
+        # Rounded to the closest example, as TFDS does.
+        return int(round(percent * count / 100.0))
+    value = int(bound)
+    if abs(value) > count:
+        raise _invalid("split", f"slice bounds within the {count} examples", split)
+    return value
+
+
+def _idx_directory_has(directory, split):
+    """Whether `directory` holds the IDX files that `split` reads."""
+    try:
+        names = {name for name, _, _ in _parse_idx_split(split)}
+    except ValueError:
+        names = _IDX_SPLITS  # With all four files present, `_idx_arrays` reports it.
+    return _idx_paths(directory, sorted(names)) is not None
+
+
+def _idx_arrays(directory, split):
+    terms = _parse_idx_split(split)
+    paths = _idx_paths(directory, sorted({name for name, _, _ in terms}))
+    arrays = {name: _read_idx_split(*pair) for name, pair in paths.items()}
+    images, labels = [], []
+    for name, start, stop in terms:
+        split_images, split_labels = arrays[name]
+        count = len(split_labels)
+        selection = slice(
+            _resolve_bound(start, count, split), _resolve_bound(stop, count, split)
+        )
+        images.append(split_images[selection])
+        labels.append(split_labels[selection])
+    return np.concatenate(images), np.concatenate(labels)
+
+
+# Sources ------------------------------------------------------------------------------
+
+
+def _import_tfds():
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        return None
+    return tfds
+
+
+def _how_to_get(name):
+    ways = []
+    if name in _IDX_DATASETS:
+        ways.append(
+            "pass data_dir with the four IDX files (train-images-idx3-ubyte.gz, ...)"
+        )
+    if name == "fashion_mnist":
+        ways.append("`apt-get install dataset-fashion-mnist`")
+    ways.append(f"run `tfds build {name}` with network access")
+    return "; ".join(ways)
+
+
+def _unavailable(name, tried):
+    return DatasetUnavailableError(
+        f"Dataset {name!r} is unavailable. Tried: {'; '.join(tried)}. "
+        f"To get it: {_how_to_get(name)}."
+    )
+
+
+def _tfds_builder(tfds, name, data_dir):
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except tfds.core.DatasetNotFoundError as error:
+        raise DatasetUnavailableError(
+            f"Dataset {name!r} is unavailable: tensorflow-datasets has no dataset of "
+            "that name (see https://www.tensorflow.org/datasets/catalog)."
+        ) from error
+
+
+def _tfds_directory(builder, data_dir):
+    return data_dir if data_dir is not None else builder.data_dir_root
+
+
+def _tfds_dataset(builder, split, download):
+    if download:
+        builder.download_and_prepare()
+    # shuffle_files=False keeps the dataset's own order ("the first N test examples").
+    return builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+
+
+def _source_dataset(name, split, data_dir):
+    """Reads the first available source: `(image uint8 [H, W, C], label)` pairs."""
+    tried = []
+    if name in _IDX_DATASETS and data_dir is not None:
+        if _idx_directory_has(data_dir, split):
+            return tf.data.Dataset.from_tensor_slices(_idx_arrays(data_dir, split))
+        tried.append(f"IDX files in {data_dir}")
+    tfds = _import_tfds()
+    builder = None
+    if tfds is None:
+        tried.append(
+            "tensorflow-datasets (not installed: `pip install tensorflow-datasets`)"
+        )
+    else:
+        builder = _tfds_builder(tfds, name, data_dir)
+        try:
+            return _tfds_dataset(builder, split, download=False)
+        except AssertionError:  # How TFDS says "not prepared in this directory".
+            tried.append(
+                f"tensorflow-datasets copy in {_tfds_directory(builder, data_dir)} "
+                "(not prepared)"
+            )
+    if name == "fashion_mnist":
+        if _idx_directory_has(DEBIAN_FASHION_MNIST_DIR, split):
+            return tf.data.Dataset.from_tensor_slices(
+                _idx_arrays(DEBIAN_FASHION_MNIST_DIR, split)
+            )
+        tried.append(f"IDX files in {DEBIAN_FASHION_MNIST_DIR}")
+    if builder is None:
+        raise _unavailable(name, tried)
+    if _offline():
+        tried.append(
+            "tensorflow-datasets download "
+            f"(skipped: {_OFFLINE_ENVIRONMENT_VARIABLE} is set)"
+        )
+        raise _unavailable(name, tried)
+    try:
+        return _tfds_dataset(builder, split, download=True)
+    except Exception as error:  # Network failures come in many types; all mean "no".
+        tried.append(f"tensorflow-datasets download ({_first_line(error)})")
+        raise _unavailable(name, tried) from error
+
+
+def _validate_name(name):
+    if not isinstance(name, str) or not name.strip():
+        raise _invalid(
+            "name", "a tensorflow-datasets name such as 'fashion_mnist'", name
+        )
+
+
+def info(name, *, data_dir=None):
+    """Describes a dataset without downloading it.
+
+    Sources are looked up in the order of `load`; where the dataset is not prepared
+    locally, TFDS's builder still knows the image shape and classes, but not always
+    the split sizes (then None).
+
+    Args:
+        name: A tensorflow-datasets name (`"fashion_mnist"`, `"cifar10"`, ...).
+        data_dir: Directory holding IDX files (for `mnist` and `fashion_mnist`) or TFDS
+            data. Defaults to None (TFDS's default directory).
+
+    Returns:
+        A `DatasetInfo`.
+
+    Raises:
+        DatasetUnavailableError: If the name is unknown, or tensorflow-datasets is
+            needed and not installed.
+        ValueError: If an argument is invalid or an IDX file is corrupt.
+    """
+    _validate_name(name)
+
+    def idx_info(directory):
+        paths = _idx_paths(directory, _IDX_SPLITS)
+        return DatasetInfo(
+            name=name,
+            image_shape=_IDX_IMAGE_SHAPE,
+            num_classes=_IDX_NUM_CLASSES,
+            num_train=_count_idx_examples(paths["train"][0]),
+            num_test=_count_idx_examples(paths["test"][0]),
+        )
+
+    if name in _IDX_DATASETS and _idx_paths(data_dir, _IDX_SPLITS):
+        return idx_info(data_dir)
+    tfds = _import_tfds()
+    if tfds is None:
+        raise _unavailable(name, ["tensorflow-datasets (not installed)"])
+    builder = _tfds_builder(tfds, name, data_dir)
+    if (
+        name == "fashion_mnist"
+        and not builder.is_prepared()
+        and _idx_paths(DEBIAN_FASHION_MNIST_DIR, _IDX_SPLITS)
+    ):
+        return idx_info(DEBIAN_FASHION_MNIST_DIR)
+    image_key, label_key = builder.info.supervised_keys
+    splits = builder.info.splits
+
+    def num_examples(split):
+        return splits[split].num_examples if split in splits else None
+
+    return DatasetInfo(
+        name=name,
+        image_shape=tuple(builder.info.features[image_key].shape),
+        num_classes=builder.info.features[label_key].num_classes,
+        num_train=num_examples("train"),
+        num_test=num_examples("test"),
+    )
+
+
+# Pipeline -----------------------------------------------------------------------------
+
+
+def _scale(image, label):
+    return tf.cast(image, tf.float32) / 255.0, tf.cast(label, tf.int32)
+
+
+def _augment(example, element_seed):
+    """Random crop of the image padded by 4 pixels, then a random horizontal flip."""
+    image, label = example
+    crop_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(element_seed, num=2)
+    )
+    padding = [[_CROP_PADDING, _CROP_PADDING], [_CROP_PADDING, _CROP_PADDING], [0, 0]]
+    image = tf.image.stateless_random_crop(
+        tf.pad(image, padding), size=image.shape, seed=crop_seed
+    )
+    image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+    return image, label
+
+
+def _validate_load_arguments(name, split, max_examples, batch_size, seed, flags):
+    _validate_name(name)
+    if not isinstance(split, str) or not split.strip():
+        raise _invalid(
+            "split", "a split name such as 'train', 'test' or 'train[:90%]'", split
+        )
+    if max_examples is not None and (
+        not _is_integer(max_examples) or max_examples < 0
+    ):
+        raise _invalid(
+            "max_examples", "None or an integer >= 0 (0 means all)", max_examples
+        )
+    if batch_size is not None and (not _is_integer(batch_size) or batch_size < 1):
+        raise _invalid("batch_size", "None or an integer >= 1", batch_size)
+    if not _is_integer(seed):
+        raise _invalid("seed", "an integer", seed)
+    for flag_name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise _invalid(flag_name, "True or False", value)
+
+
+def load(
+    name,
+    split,
+    *,
+    data_dir=None,
+    max_examples=None,
+    batch_size=None,
+    shuffle=False,
+    seed=0,
+    augment=False,
+    drop_remainder=False,
+):
+    """Loads an image classification dataset as `(image, label)` pairs in [0, 1].
+
+    The pipeline is: read, keep the first `max_examples`, cache, shuffle (only when
+    `shuffle`), scale to [0, 1], augment (only when `augment`), batch, prefetch. Without
+    `shuffle` the dataset keeps its original order, so "the first N test examples" are
+    the same everywhere. The cache holds the decoded uint8 images, a quarter of the
+    memory of float32 ones; scaling is one multiply per pixel.
+
+    Args:
+        name: A tensorflow-datasets name of an image classification dataset
+            (`"fashion_mnist"`, `"mnist"`, `"cifar10"`, `"cifar100"`, ...). See the
+            module docstring for where it is read from.
+        split: `"train"`, `"test"`, or any TFDS split spec (`"train[:90%]"`,
+            `"test[:1000]"`, `"train+test"`); IDX files have only train and test.
+        data_dir: Directory holding IDX files (for `mnist` and `fashion_mnist`) or TFDS
+            data. Defaults to None (TFDS's default directory).
+        max_examples: Keep only the first this many examples; None or 0 keeps all.
+            Defaults to None.
+        batch_size: Batch into `[B, H, W, C]` images and `[B]` labels; None yields
+            single examples. Defaults to None.
+        shuffle: Shuffle the examples with `seed`, in a new order each epoch. Defaults
+            to False.
+        seed: Seed of the shuffle and of the augmentation. Defaults to 0.
+        augment: Random crop of the image padded by 4 pixels and random horizontal
+            flip, seeded and new each epoch; defined for 32x32 colour images (CIFAR).
+            Defaults to False.
+        drop_remainder: Drop the last batch when smaller than `batch_size`. Defaults to
+            False.
+
+    Returns:
+        A `tf.data.Dataset` of `(image, label)`: float32 `[H, W, C]` in [0, 1] and int32
+        scalars, or `[B, H, W, C]` and `[B]` when `batch_size` is given.
+
+    Raises:
+        DatasetUnavailableError: If no source of the dataset could be read or
+            downloaded; the message says what was tried and how to get it.
+        ValueError: If an argument is invalid, an IDX file is corrupt, or `augment` is
+            asked for images other than 32x32 colour.
+    """
+    _validate_load_arguments(
+        name,
+        split,
+        max_examples,
+        batch_size,
+        seed,
+        {"shuffle": shuffle, "augment": augment, "drop_remainder": drop_remainder},
+    )
+    dataset = _source_dataset(name, split, data_dir)
+    image_spec = dataset.element_spec[0]
+    if image_spec.dtype != tf.uint8 or image_spec.shape.rank != 3:
+        raise ValueError(
+            f"Dataset {name!r} does not hold uint8 images [H, W, C] (its images are "
+            f"{image_spec.dtype.name} {image_spec.shape}); `load` reads image "
+            "classification datasets only."
+        )
+    if augment and tuple(image_spec.shape) != _AUGMENT_IMAGE_SHAPE:
+        raise _invalid(
+            "augment",
+            f"False for {name!r}, whose images are {tuple(image_spec.shape)}: the "
+            "padded crop and flip are defined for 32x32 colour images",
+            augment,
+        )
+    if max_examples:
+        dataset = dataset.take(max_examples)
+    dataset = dataset.cache()
+    if shuffle:
+        buffer_size = int(dataset.cardinality())
+        if buffer_size < 1:  # Unknown or infinite cardinality.
+            buffer_size = 10_000
+        dataset = dataset.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(_scale, num_parallel_calls=tf.data.AUTOTUNE)
+    if augment:
+        # One stateless seed pair per example: reproducible from `seed`, new each epoch.
+        element_seeds = tf.data.Dataset.random(
+            seed=seed, rerandomize_each_iteration=True
+        ).batch(2)
+        dataset = tf.data.Dataset.zip(dataset, element_seeds).map(
+            _augment, num_parallel_calls=tf.data.AUTOTUNE
+        )
+    if batch_size is not None:
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    return dataset.prefetch(tf.data.AUTOTUNE)
