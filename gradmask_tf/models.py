@@ -1,0 +1,192 @@
+"""Reference architectures with a mask point after every non-linearity (METHOD.md §3).
+
+The builders take the Keras module as an argument, so the pruning adapter can build
+the identical graph with `tf_keras` (which TF-MOT requires) and copy weights by
+layer name.
+"""
+
+import keras
+
+from gradmask_tf.layers import GradientMask
+from gradmask_tf.training import GradMaskModel
+
+ARCHITECTURES = ("cnn", "vgg", "resnet20", "resnet32", "resnet56")
+
+# Per-dataset pixel statistics of the training split (images in [0, 1]); the
+# normalization lives inside the model so attacks and saliency work in pixel space.
+NORMALIZATION = {
+    "fashion_mnist": ([0.2860], [0.3530]),
+    "mnist": ([0.1307], [0.3081]),
+    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]),
+    "cifar100": ([0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]),
+}
+
+_RESNET_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet56": 9}
+
+
+def _normalize(k, x, dataset, channels):
+    mean, std = NORMALIZATION.get(dataset, ([0.5] * channels, [0.5] * channels))
+    if len(mean) != channels:
+        mean, std = [0.5] * channels, [0.5] * channels
+    return k.layers.Normalization(
+        mean=mean, variance=[s * s for s in std], name="normalization"
+    )(x)
+
+
+def _cnn(k, x, num_classes, mask):
+    """Small CNN for 28x28 inputs: two conv blocks and a hidden dense layer."""
+    for index, filters in enumerate((32, 64), start=1):
+        x = k.layers.Conv2D(filters, 3, padding="same", name=f"conv{index}")(x)
+        x = k.layers.ReLU(name=f"relu{index}")(x)
+        x = mask(x, f"mask{index}")
+        x = k.layers.MaxPooling2D(name=f"pool{index}")(x)
+    x = k.layers.Flatten(name="flatten")(x)
+    x = k.layers.Dense(128, name="dense1")(x)
+    x = k.layers.ReLU(name="relu3")(x)
+    x = mask(x, "mask3")
+    x = k.layers.Dropout(0.3, name="dropout")(x)
+    return k.layers.Dense(num_classes, name="logits")(x)
+
+
+def _vgg(k, x, num_classes, mask):
+    """VGG-style network for 32x32 inputs: three stages of two conv-BN-ReLU."""
+    index = 0
+    for stage, filters in enumerate((64, 128, 256), start=1):
+        for _ in range(2):
+            index += 1
+            x = k.layers.Conv2D(
+                filters, 3, padding="same", use_bias=False, name=f"conv{index}"
+            )(x)
+            x = k.layers.BatchNormalization(name=f"bn{index}")(x)
+            x = k.layers.ReLU(name=f"relu{index}")(x)
+            x = mask(x, f"mask{index}")
+        x = k.layers.MaxPooling2D(name=f"pool{stage}")(x)
+    x = k.layers.GlobalAveragePooling2D(name="global_pool")(x)
+    x = k.layers.Dense(256, name="dense1")(x)
+    x = k.layers.ReLU(name=f"relu{index + 1}")(x)
+    x = mask(x, f"mask{index + 1}")
+    x = k.layers.Dropout(0.3, name="dropout")(x)
+    return k.layers.Dense(num_classes, name="logits")(x)
+
+
+def _resnet(k, x, num_classes, mask, blocks_per_stage):
+    """CIFAR ResNet (He et al. 2016, section 4.2) with projection shortcuts."""
+
+    def conv_bn(x, filters, strides, name):
+        x = k.layers.Conv2D(
+            filters,
+            3,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            kernel_initializer="he_normal",
+            name=f"{name}_conv",
+        )(x)
+        return k.layers.BatchNormalization(name=f"{name}_bn")(x)
+
+    x = conv_bn(x, 16, 1, "stem")
+    x = k.layers.ReLU(name="stem_relu")(x)
+    x = mask(x, "stem_mask")
+    for stage, filters in enumerate((16, 32, 64), start=1):
+        for block in range(blocks_per_stage):
+            name = f"stage{stage}_block{block + 1}"
+            strides = 2 if stage > 1 and block == 0 else 1
+            shortcut = x
+            y = conv_bn(x, filters, strides, f"{name}_a")
+            y = k.layers.ReLU(name=f"{name}_a_relu")(y)
+            y = conv_bn(y, filters, 1, f"{name}_b")
+            if strides != 1 or shortcut.shape[-1] != filters:
+                shortcut = k.layers.Conv2D(
+                    filters, 1, strides=strides, use_bias=False, name=f"{name}_proj"
+                )(shortcut)
+                shortcut = k.layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+            x = k.layers.Add(name=f"{name}_add")([shortcut, y])
+            x = k.layers.ReLU(name=f"{name}_relu")(x)
+            # One mask point per residual block, after the add and its ReLU.
+            x = mask(x, f"{name}_mask")
+    x = k.layers.GlobalAveragePooling2D(name="global_pool")(x)
+    return k.layers.Dense(num_classes, name="logits")(x)
+
+
+def build_graph(
+    architecture, *, input_shape, num_classes, dataset=None, mask=None, keras_module=None
+):
+    """Builds an architecture's functional graph with any Keras module.
+
+    Args:
+      architecture: One of `ARCHITECTURES`.
+      input_shape: Image shape `(H, W, C)`; images are float in [0, 1].
+      num_classes: Number of classes (logits).
+      dataset: Dataset name, for the normalization statistics. Defaults to None
+        (normalize [0, 1] to [-1, 1]).
+      mask: `mask(tensor, name) -> tensor`, called at each mask point; None leaves
+        the points out (the graph for a model without masks).
+      keras_module: `keras` (default) or `tf_keras`.
+
+    Returns:
+      `(inputs, outputs)` of the graph.
+    """
+    k = keras if keras_module is None else keras_module
+    if architecture not in ARCHITECTURES:
+        raise ValueError(
+            f"Invalid value for argument `architecture`: expected one of "
+            f"{', '.join(ARCHITECTURES)}. Received: architecture={architecture!r}"
+        )
+    if mask is None:
+        mask = lambda tensor, name: tensor  # noqa: E731
+    inputs = k.Input(tuple(input_shape), name="images")
+    x = _normalize(k, inputs, dataset, input_shape[-1])
+    if architecture == "cnn":
+        outputs = _cnn(k, x, num_classes, mask)
+    elif architecture == "vgg":
+        outputs = _vgg(k, x, num_classes, mask)
+    else:
+        outputs = _resnet(k, x, num_classes, mask, _RESNET_DEPTHS[architecture])
+    return inputs, outputs
+
+
+def build_model(
+    architecture,
+    *,
+    input_shape,
+    num_classes,
+    mask_rule="mean",
+    dataset=None,
+    **mask_options,
+):
+    """Builds an uncompiled `GradMaskModel` with a mask point after each non-linearity.
+
+    `mask_rule="none"` gives the same layers, so a baseline differs from a masked
+    model only in its backward pass.
+
+    Args:
+      architecture: `"cnn"` (small, for 28x28 inputs), `"vgg"` (VGG-style for
+        32x32), `"resnet20"`, `"resnet32"` or `"resnet56"` (CIFAR ResNets).
+      input_shape: Image shape `(H, W, C)`; images are float in [0, 1].
+      num_classes: Number of classes; the model outputs logits.
+      mask_rule: The `GradientMask` rule at every mask point. Defaults to `"mean"`.
+      dataset: Dataset name for the normalization layer's statistics. Defaults to
+        None.
+      **mask_options: Other `GradientMask` arguments (`alpha`, `scope`, ...). A
+        `seed` is offset per mask point so `random` masks are independent.
+
+    Returns:
+      An uncompiled `GradMaskModel`.
+    """
+    seed = mask_options.pop("seed", None)
+    # Validates the options once, before any layer is built.
+    GradientMask(mask_rule, seed=seed, **mask_options)
+    count = iter(range(10**6))
+
+    def mask(tensor, name):
+        point_seed = None if seed is None else seed + next(count)
+        return GradientMask(mask_rule, seed=point_seed, name=name, **mask_options)(tensor)
+
+    inputs, outputs = build_graph(
+        architecture,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        dataset=dataset,
+        mask=mask,
+    )
+    return GradMaskModel(inputs, outputs, name=f"{architecture}_{mask_rule}")
