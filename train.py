@@ -12,19 +12,52 @@ and `logits`) and `metrics.json`. Run the same command again after an interrupti
 it resumes from the last finished epoch; a finished run is kept unless `--overwrite`.
 """
 
+import atexit
 import json
 import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pathlib
 import platform
 import shutil
 import sys
+import tempfile
 import time
 
-from absl import app, flags, logging
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from gradmask_tf import ops as mask_ops
+
+class _DeferredStderr:
+    """Holds back what native code writes to stderr until the run is validated.
+
+    Importing TensorFlow prints lines from C++ that no setting silences. Until the
+    flags, the run directory and the data are checked, stderr goes to a temporary
+    file: a bad command line then gets exactly one line. Once the run starts (or if
+    the process dies unexpectedly), what was held back is written out.
+    """
+
+    def __init__(self):
+        self._saved = os.dup(2)
+        self._file = tempfile.TemporaryFile()
+        os.dup2(self._file.fileno(), 2)
+        self._active = True
+        atexit.register(self.release)
+
+    def release(self, replay=True):
+        if not self._active:
+            return
+        self._active = False
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        if replay:
+            self._file.seek(0)
+            os.write(2, self._file.read())
+        self._file.close()
+
+
+_STDERR = _DeferredStderr()
+
+from absl import app, flags, logging  # noqa: E402
+
+from gradmask_tf import ops as mask_ops  # noqa: E402
 
 FLAGS = flags.FLAGS
 _ABSL_FLAGS = set(FLAGS)
@@ -100,6 +133,7 @@ class UsageError(Exception):
 
 
 def _fail(message):
+    _STDERR.release(replay=False)
     sys.stderr.write(f"train.py: error: {message}\n")
     sys.exit(2)
 
@@ -135,7 +169,11 @@ def validate():
     try:
         mask_ops.MaskConfig(FLAGS.mask_rule, seed=FLAGS.seed, **mask_options())
     except ValueError as error:
-        message = str(error).replace("argument `", "flag `--mask_")
+        message = (
+            str(error)
+            .replace("argument `", "flag `--mask_")
+            .replace("Received: ", "Received: --mask_")
+        )
         raise UsageError(message) from None
     if FLAGS.mask_start_epoch >= FLAGS.epochs and FLAGS.mask_rule != "none":
         raise UsageError(
@@ -315,6 +353,7 @@ def main(argv):
     if info.image_shape is None or info.num_classes is None:
         _fail(f"--dataset={FLAGS.dataset} is not an image classification dataset")
 
+    _STDERR.release()  # Validated: from here on, the run shows everything.
     jit_compile = {"auto": has_gpu, "true": True, "false": False}[FLAGS.jit_compile]
     keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.deterministic:
@@ -393,6 +432,9 @@ def main(argv):
     # whichever strategy trained it.
     final = build()
     final.set_weights(model.get_weights())
+    final.optimizer.build(final.trainable_variables)
+    for target, source in zip(final.optimizer.variables, model.optimizer.variables):
+        target.assign(source.numpy())
     loss, accuracy = final.evaluate(test_data, verbose=0, return_dict=False)
     runs.save_keras_model(final, run_dir / runs.MODEL)
     runs.export_saved_model(final, run_dir / runs.SAVED_MODEL, info.image_shape)

@@ -45,8 +45,13 @@ class GradMaskModel(keras.Model):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._kept_trackers = None
-        self._gradient_norm_tracker = None
+        # Made here, under the caller's strategy scope: created inside a distributed
+        # step, their variables would not be mirrored correctly.
+        self._kept_trackers = [
+            keras.metrics.Mean(name=f"{KEPT_FRACTION_PREFIX}{layer.name}")
+            for layer in self.mask_layers
+        ]
+        self._gradient_norm_tracker = keras.metrics.Mean(name=GRADIENT_NORM)
 
     @property
     def mask_layers(self):
@@ -56,26 +61,12 @@ class GradMaskModel(keras.Model):
         """Turns every mask point on or off, without retracing."""
         set_masks_enabled(self, enabled)
 
-    def _trackers(self):
-        # Created on first use, under the strategy scope `fit` runs in.
-        if self._kept_trackers is None:
-            self._kept_trackers = [
-                keras.metrics.Mean(name=f"{KEPT_FRACTION_PREFIX}{layer.name}")
-                for layer in self.mask_layers
-            ]
-            self._gradient_norm_tracker = keras.metrics.Mean(name=GRADIENT_NORM)
-        return self._kept_trackers, self._gradient_norm_tracker
-
     @property
     def metrics(self):
-        metrics = super().metrics
-        if self._kept_trackers is not None:
-            metrics = metrics + self._kept_trackers + [self._gradient_norm_tracker]
-        return metrics
+        return super().metrics + self._kept_trackers + [self._gradient_norm_tracker]
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        kept_trackers, gradient_norm_tracker = self._trackers()
         # Each mask point's probe receives its kept fraction as its "gradient".
         probes = [layer.gradient_probe.value for layer in self.mask_layers]
         with tf.GradientTape() as tape:
@@ -99,14 +90,14 @@ class GradMaskModel(keras.Model):
         for metric in super().metrics:
             if metric.name == "loss":
                 metric.update_state(loss * replicas, sample_weight=batch_size)
-        for tracker, kept in zip(kept_trackers, kept_fractions):
+        for tracker, kept in zip(self._kept_trackers, kept_fractions):
             # A mask point the loss does not reach reports no gradient at all.
             if kept is not None:
                 tracker.update_state(kept)
-        self._update_gradient_norm(gradient_norm_tracker, gradients, replicas)
+        self._update_gradient_norm(gradients, replicas)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-    def _update_gradient_norm(self, tracker, gradients, replicas):
+    def _update_gradient_norm(self, gradients, replicas):
         norm = tf.linalg.global_norm(
             [tf.cast(g, tf.float32) for g in gradients if g is not None]
         )
@@ -115,7 +106,7 @@ class GradMaskModel(keras.Model):
             norm = norm / tf.cast(self.optimizer.dynamic_scale, tf.float32)
         norm = norm * replicas
         finite = tf.math.is_finite(norm)
-        tracker.update_state(
+        self._gradient_norm_tracker.update_state(
             tf.where(finite, norm, 0.0), sample_weight=tf.cast(finite, tf.float32)
         )
 
@@ -192,7 +183,6 @@ def fit_multi_worker(
         model.optimizer.build(model.trainable_variables)
         images, labels = next(iter(dataset.batch(2)))
         model.compute_metrics(images, labels, model(images, training=False))
-        model._trackers()
     for metric in model.metrics:
         metric.reset_state()
 
