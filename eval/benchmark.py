@@ -1,6 +1,6 @@
-"""Times what Gradient Mask adds: the op's backward, and (later) full training steps.
+"""Times what Gradient Mask adds: the op's backward and full training steps.
 
-Run: `python -m eval.benchmark [--repeats=30] [--shape=128,28,28,32]`.
+Run: `python -m eval.benchmark [--suites=op,step] [--repeats=30]`.
 
 Every candidate is timed interleaved in one process (round-robin, so drift in the
 machine's speed hits all alike) and the median over repeats is reported, with a
@@ -98,6 +98,61 @@ def benchmark_op(shape, repeats):
     return {"shape": list(shape), "megabytes": round(float(megabytes), 1), "rows": rows}
 
 
+def step_candidates(architecture, input_shape, batch_size, rules, jit_modes):
+    """One compiled training step per (rule, XLA mode) on the same fixed batch."""
+    import keras
+
+    from gradmask_tf import build_model
+
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.random((batch_size, *input_shape)), tf.float32)
+    labels = tf.constant(rng.integers(0, 10, batch_size), tf.int32)
+    candidates = {}
+    for rule in rules:
+        for jit_compile in jit_modes:
+            keras.utils.set_random_seed(0)
+            model = build_model(
+                architecture,
+                input_shape=input_shape,
+                num_classes=10,
+                mask_rule=rule,
+                dataset="fashion_mnist",
+                seed=0,
+            )
+            model.compile(
+                optimizer=keras.optimizers.Adam(1e-3),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"],
+            )
+            step = tf.function(model.train_step, jit_compile=jit_compile)
+            name = f"{rule}{' (XLA)' if jit_compile else ''}"
+            candidates[name] = lambda step=step: float(step((images, labels))["loss"])
+    return candidates
+
+
+def benchmark_step(architecture, input_shape, batch_size, repeats, rules, jit_modes):
+    medians = _interleaved_medians(
+        step_candidates(architecture, input_shape, batch_size, rules, jit_modes), repeats
+    )
+    rows = []
+    for name, seconds in medians.items():
+        baseline = medians["none (XLA)" if name.endswith("(XLA)") else "none"]
+        rows.append(
+            {
+                "name": name,
+                "ms": round(seconds * 1e3, 2),
+                "vs_none": round(seconds / baseline, 3),
+                "vs_none_no_xla": round(seconds / medians["none"], 3),
+            }
+        )
+    return {
+        "architecture": architecture,
+        "input_shape": list(input_shape),
+        "batch_size": batch_size,
+        "rows": rows,
+    }
+
+
 def _print_table(title, rows, columns):
     print(f"\n{title}")
     header = " | ".join(f"{column:>12}" for column in columns)
@@ -121,8 +176,19 @@ def environment():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--shape", default="128,28,28,32")
+    parser.add_argument("--shape", default="128,28,28,32", help="op suite: gradient shape")
+    parser.add_argument("--suites", default="op,step", help="comma-separated: op, step")
+    parser.add_argument("--step_repeats", type=int, default=20)
+    parser.add_argument("--batch_size", type=int, default=128)
     args = parser.parse_args(argv)
+    suites = args.suites.split(",")
+    unknown = sorted(set(suites) - {"op", "step"})
+    if unknown:
+        print(
+            f"error: --suites: unknown {', '.join(unknown)}; valid: op, step",
+            file=sys.stderr,
+        )
+        return 2
     try:
         shape = tuple(int(v) for v in args.shape.split(","))
         if len(shape) not in (2, 4) or min(shape) <= 0:
@@ -138,14 +204,34 @@ def main(argv=None):
         print(f"error: --repeats: expected >= 1, received {args.repeats}", file=sys.stderr)
         return 2
     result = {"environment": environment()}
-    result["op_backward"] = benchmark_op(shape, args.repeats)
-    _print_table(
-        f"Op backward on a {list(shape)} float32 gradient "
-        f"({result['op_backward']['megabytes']} MB), CPU, no XLA, "
-        f"median of {args.repeats}",
-        result["op_backward"]["rows"],
-        ("name", "ms", "vs_identity", "gradient_passes"),
-    )
+    if "op" in suites:
+        result["op_backward"] = benchmark_op(shape, args.repeats)
+        _print_table(
+            f"Op backward on a {list(shape)} float32 gradient "
+            f"({result['op_backward']['megabytes']} MB), no XLA, "
+            f"median of {args.repeats}",
+            result["op_backward"]["rows"],
+            ("name", "ms", "vs_identity", "gradient_passes"),
+        )
+    if "step" in suites:
+        result["train_step"] = benchmark_step(
+            "cnn", (28, 28, 1), args.batch_size, args.step_repeats, RULES, (False,)
+        )
+        _print_table(
+            f"Training step, default cnn on 28x28x1, batch {args.batch_size}, no XLA, "
+            f"median of {args.step_repeats}",
+            result["train_step"]["rows"],
+            ("name", "ms", "vs_none"),
+        )
+        result["train_step_xla"] = benchmark_step(
+            "cnn", (28, 28, 1), args.batch_size, args.step_repeats, ("none", "mean"),
+            (False, True),
+        )
+        _print_table(
+            "The same step with XLA on and off",
+            result["train_step_xla"]["rows"],
+            ("name", "ms", "vs_none", "vs_none_no_xla"),
+        )
     print(json.dumps(result))
     return 0
 
