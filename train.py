@@ -118,9 +118,18 @@ flags.DEFINE_integer(
     "Split the CPU into this many logical devices (to run 'mirrored' on a CPU).",
     lower_bound=1,
 )
+flags.DEFINE_integer(
+    "gsnr_every",
+    0,
+    "Log the GSNR (gradient quality) on a fixed probe batch every N steps (0 = off).",
+    lower_bound=0,
+)
 flags.DEFINE_bool("mixed_precision", False, "Train with the mixed_float16 policy.")
 flags.DEFINE_bool("deterministic", False, "Deterministic TensorFlow ops (slower).")
 flags.DEFINE_bool("overwrite", False, "Replace a finished or different run in output_dir.")
+
+GSNR_PROBE_EXAMPLES = 256
+GSNR_MICRO_BATCHES = 8
 
 # This script's own flags (recorded in config.json), then those that may differ
 # when the same run is resumed.
@@ -399,7 +408,29 @@ def main(argv):
         print(f"Resuming {run_dir} after epoch {initial_epoch} of {FLAGS.epochs}.")
 
     recorder = runs.RunRecorder(run_dir, history, write=chief)
-    callbacks = [runs.MaskSchedule(FLAGS.mask_start_epoch), recorder]
+    callbacks = [runs.MaskSchedule(FLAGS.mask_start_epoch)]
+    if FLAGS.gsnr_every:
+        from gradmask_tf import quality
+
+        # A fixed probe: the first examples of the training split, in their order.
+        probe_images, probe_labels = data.as_numpy(
+            data.load(
+                FLAGS.dataset,
+                "train",
+                data_dir=FLAGS.data_dir,
+                max_examples=GSNR_PROBE_EXAMPLES,
+            )
+        )
+        callbacks.append(
+            quality.GSNRCallback(
+                probe_images,
+                probe_labels,
+                FLAGS.gsnr_every,
+                num_micro_batches=GSNR_MICRO_BATCHES,
+                log_dir=run_dir / runs.LOGS / "gsnr" if chief else None,
+            )
+        )
+    callbacks.append(recorder)  # last: it records what the others added to the logs
     start = time.perf_counter()
     if initial_epoch < FLAGS.epochs:
         if FLAGS.strategy == "multi_worker":

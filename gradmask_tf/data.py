@@ -627,3 +627,23 @@ def load(
     if batch_size is not None:
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def as_numpy(dataset):
+    """Collects a dataset of `(image, label)` pairs (batched or not) into two arrays.
+
+    Args:
+        dataset: A dataset from `load`.
+
+    Returns:
+        `(images, labels)`: float32 `[N, H, W, C]` and int32 `[N]` NumPy arrays.
+    """
+    if dataset.element_spec[0].shape.rank == 3:
+        dataset = dataset.batch(1024)
+    images, labels = [], []
+    for image_batch, label_batch in dataset.as_numpy_iterator():
+        images.append(image_batch)
+        labels.append(label_batch)
+    if not images:
+        raise ValueError("The dataset is empty.")
+    return np.concatenate(images), np.concatenate(labels)

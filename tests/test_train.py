@@ -127,6 +127,8 @@ def architecture_runs(idx_dir, tmp_path_factory):
     for model, rule in ARCHITECTURE_RUNS:
         args = [f"--model={model}", f"--mask_rule={rule}", f"--output_dir={root / f'{model}-{rule}'}"]
         if model == "cnn":
+            if rule == "mean":
+                args.append("--gsnr_every=2")
             commands.append(([*args, *TINY, f"--data_dir={idx_dir}"], TRAIN))
         else:
             args += ["--dataset=cifar10", "--epochs=1", "--batch_size=8", "--augment"]
@@ -152,11 +154,14 @@ def test_every_architecture_trains_with_masks_on_and_off(architecture_runs, mode
     assert "Done: test accuracy" in result.stdout
 
 
-def test_cnn_learns_the_tiny_task(architecture_runs):
-    _, metrics = assert_complete_run(architecture_runs[("cnn", "mean")][0])
+def test_cnn_learns_the_tiny_task_and_logs_gsnr(architecture_runs):
+    run_dir = architecture_runs[("cnn", "mean")][0]
+    history, _ = assert_complete_run(run_dir)
     # Not a quality bar: proof that the masked step still trains (chance is 0.1).
-    history = read_history(architecture_runs[("cnn", "mean")][0])
     assert float(history[-1]["loss"]) < float(history[0]["loss"])
+    gsnr = [float(row["gsnr"]) for row in history]
+    assert all(np.isfinite(value) and value > 0 for value in gsnr)
+    assert any((run_dir / "logs" / "gsnr").rglob("*tfevents*"))
 
 
 def test_saved_model_serves_without_the_package(architecture_runs, idx_dir):
@@ -300,7 +305,8 @@ def _free_port():
 def test_two_worker_run_on_loopback(tmp_path, idx_dir):
     run_dir = tmp_path / "run"
     cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
-    args = [*TINY, "--strategy=multi_worker", f"--data_dir={idx_dir}", f"--output_dir={run_dir}"]
+    args = [*TINY, "--strategy=multi_worker", "--gsnr_every=1", f"--data_dir={idx_dir}",
+            f"--output_dir={run_dir}"]
     workers = [
         start(args, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
         for i in range(2)
@@ -310,6 +316,8 @@ def test_two_worker_run_on_loopback(tmp_path, idx_dir):
         assert_ok(result)
     history, _ = assert_complete_run(run_dir)
     assert "Done:" in results[0].stdout and "Done:" not in results[1].stdout
+    gsnr = [float(row["gsnr"]) for row in history]
+    assert gsnr[0] != gsnr[1], "measured anew at each epoch end"
     # Both workers saw the same synchronized metrics.
     assert results[1].stdout.count("Epoch 2/2") == 1
 
