@@ -6,6 +6,7 @@ References:
 """
 
 from gradmask_tf import data
+from gradmask_tf.insert import insert_masks, is_trunk_nonlinearity
 from gradmask_tf.layers import GradientMask
 from gradmask_tf.models import ARCHITECTURES, build_model
 from gradmask_tf.ops import RULES, SCOPES, MaskConfig, gradient_mask, mask_gradient
@@ -23,6 +24,8 @@ __all__ = [
     "build_model",
     "data",
     "gradient_mask",
+    "insert_masks",
+    "is_trunk_nonlinearity",
     "mask_gradient",
     "mask_layers",
     "set_masks_enabled",
