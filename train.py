@@ -12,57 +12,27 @@ and `logits`) and `metrics.json`. Run the same command again after an interrupti
 it resumes from the last finished epoch; a finished run is kept unless `--overwrite`.
 """
 
-import atexit
 import json
 import os
 import pathlib
 import platform
 import shutil
 import sys
-import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from eval.cli import DeferredStderr, parse_flags_or_fail
 
-
-class _DeferredStderr:
-    """Holds back what native code writes to stderr until the run is validated.
-
-    Importing TensorFlow prints lines from C++ that no setting silences. Until the
-    flags, the run directory and the data are checked, stderr goes to a temporary
-    file: a bad command line then gets exactly one line. Once the run starts (or if
-    the process dies unexpectedly), what was held back is written out.
-    """
-
-    def __init__(self):
-        self._saved = os.dup(2)
-        self._file = tempfile.TemporaryFile()
-        os.dup2(self._file.fileno(), 2)
-        self._active = True
-        atexit.register(self.release)
-
-    def release(self, replay=True):
-        if not self._active:
-            return
-        self._active = False
-        sys.stderr.flush()
-        os.dup2(self._saved, 2)
-        if replay:
-            self._file.seek(0)
-            os.write(2, self._file.read())
-        self._file.close()
-
-
-_STDERR = _DeferredStderr()
+# Before TensorFlow is imported: a bad command line then gets exactly one line.
+_STDERR = DeferredStderr()
 
 from absl import app, flags, logging  # noqa: E402
 
 from gradmask_tf import ops as mask_ops  # noqa: E402
+from gradmask_tf.models import ARCHITECTURES, application_constructor  # noqa: E402
 
 FLAGS = flags.FLAGS
 _ABSL_FLAGS = set(FLAGS)
 
-ARCHITECTURES = ("cnn", "vgg", "resnet20", "resnet32", "resnet56")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -70,7 +40,27 @@ flags.DEFINE_string("dataset", "fashion_mnist", "tensorflow-datasets name of the
 flags.DEFINE_string(
     "data_dir", None, "Directory with IDX files (mnist, fashion_mnist) or TFDS data."
 )
-flags.DEFINE_enum("model", "cnn", ARCHITECTURES, "Architecture.")
+flags.DEFINE_string(
+    "model",
+    "cnn",
+    f"Architecture: {', '.join(ARCHITECTURES)}, or keras.applications.<Name> "
+    "(weights=None, masks inserted after every trunk non-linearity).",
+)
+
+
+def _valid_model(value):
+    try:
+        return value in ARCHITECTURES or application_constructor(value) is not None
+    except ValueError:
+        return False
+
+
+flags.register_validator(
+    "model",
+    _valid_model,
+    message=f"expected one of {', '.join(ARCHITECTURES)} or keras.applications.<Name> "
+    "(for example keras.applications.ResNet50)",
+)
 flags.DEFINE_enum("mask_rule", "mean", mask_ops.RULES, "Gradient Mask rule ('none' = baseline).")
 flags.DEFINE_enum("mask_scope", "spatial", mask_ops.SCOPES, "Neighbourhood of mean and topk.")
 flags.DEFINE_float("mask_alpha", 1.0, "Threshold factor of mean and local.", lower_bound=0.0)
@@ -142,17 +132,12 @@ class UsageError(Exception):
 
 
 def _fail(message):
-    _STDERR.release(replay=False)
-    sys.stderr.write(f"train.py: error: {message}\n")
-    sys.exit(2)
+    _STDERR.fail("train.py", message)
 
 
 def parse_flags(argv):
     """absl's parser, with any error as one line and exit status 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        _fail(" ".join(str(error).split()))
+    return parse_flags_or_fail(FLAGS, argv, _STDERR, "train.py")
 
 
 def mask_options():

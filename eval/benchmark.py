@@ -177,15 +177,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--shape", default="128,28,28,32", help="op suite: gradient shape")
-    parser.add_argument("--suites", default="op,step", help="comma-separated: op, step")
+    parser.add_argument(
+        "--suites", default="op,step,resnet50", help="comma-separated: op, step, resnet50"
+    )
     parser.add_argument("--step_repeats", type=int, default=20)
     parser.add_argument("--batch_size", type=int, default=128)
     args = parser.parse_args(argv)
     suites = args.suites.split(",")
-    unknown = sorted(set(suites) - {"op", "step"})
+    unknown = sorted(set(suites) - {"op", "step", "resnet50"})
     if unknown:
         print(
-            f"error: --suites: unknown {', '.join(unknown)}; valid: op, step",
+            f"error: --suites: unknown {', '.join(unknown)}; valid: op, step, resnet50",
             file=sys.stderr,
         )
         return 2
@@ -231,6 +233,18 @@ def main(argv=None):
             "The same step with XLA on and off",
             result["train_step_xla"]["rows"],
             ("name", "ms", "vs_none", "vs_none_no_xla"),
+        )
+    if "resnet50" in suites:
+        # insert_masks on keras.applications.ResNet50 (49 mask points), small input.
+        result["resnet50_step"] = benchmark_step(
+            "keras.applications.ResNet50", (32, 32, 3), 32, max(args.step_repeats // 2, 3),
+            ("none", "mean"), (False,),
+        )
+        _print_table(
+            "Training step, keras.applications.ResNet50 with insert_masks, 32x32x3, "
+            "batch 32, no XLA",
+            result["resnet50_step"]["rows"],
+            ("name", "ms", "vs_none"),
         )
     print(json.dumps(result))
     return 0

@@ -115,7 +115,7 @@ def insert_masks(model, rule="mean", *, after=None, **mask_options):
     seed = mask_options.pop("seed", None)
     MaskConfig(rule, seed=seed, **mask_options)  # validates before any rewriting
     select = _selector(after)
-    output_layers = set(model.output_names)
+    output_layers = _output_layer_names(model)
     count = iter(range(10**6))
 
     def call_function(layer, *args, **kwargs):
@@ -136,6 +136,17 @@ def insert_masks(model, rule="mean", *, after=None, **mask_options):
         recursive=True,
     )
     return GradMaskModel(rebuilt.inputs, rebuilt.outputs, name=f"{model.name}_masked")
+
+
+def _output_layer_names(model):
+    """Names of the layers that produce the model's outputs, inside nested models too."""
+    names = set()
+    for name in model.output_names:
+        names.add(name)
+        layer = model.get_layer(name)
+        if isinstance(layer, keras.Model) and _is_functional(layer):
+            names |= _output_layer_names(layer)
+    return names
 
 
 @functools.cache

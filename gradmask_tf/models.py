@@ -5,12 +5,17 @@ the identical graph with `tf_keras` (which TF-MOT requires) and copy weights by
 layer name.
 """
 
+import inspect
+import re
+
 import keras
 
+from gradmask_tf.insert import insert_masks
 from gradmask_tf.layers import GradientMask
 from gradmask_tf.training import GradMaskModel
 
 ARCHITECTURES = ("cnn", "vgg", "resnet20", "resnet32", "resnet56")
+APPLICATIONS_PREFIX = "keras.applications."
 
 # Per-dataset pixel statistics of the training split (images in [0, 1]); the
 # normalization lives inside the model so attacks and saliency work in pixel space.
@@ -145,6 +150,55 @@ def build_graph(
     return inputs, outputs
 
 
+def application_constructor(architecture):
+    """The `keras.applications` constructor named `keras.applications.<Name>`, or None."""
+    if not isinstance(architecture, str) or not architecture.startswith(APPLICATIONS_PREFIX):
+        return None
+    name = architecture[len(APPLICATIONS_PREFIX) :]
+    constructor = getattr(keras.applications, name, None)
+    if not name or not name[0].isupper() or not callable(constructor):
+        raise ValueError(
+            f"Invalid value for argument `architecture`: keras.applications has no model "
+            f"{name!r}. Received: architecture={architecture!r}"
+        )
+    return constructor
+
+
+def build_application(architecture, *, input_shape, num_classes, dataset=None):
+    """A `keras.applications` model (`weights=None`) for images in [0, 1], logits out.
+
+    The dataset's normalization comes first; images are resized up when the
+    architecture needs a larger input than the dataset's (the minimum that its
+    constructor asks for). The application keeps its own layers, including any
+    preprocessing it builds in (EfficientNet rescales by 1/255 inside).
+
+    Returns:
+      A functional `keras.Model` without masks (`build_model` inserts them).
+    """
+    constructor = application_constructor(architecture)
+    parameters = inspect.signature(constructor).parameters
+    options = {"weights": None, "classes": num_classes}
+    if "classifier_activation" in parameters:
+        options["classifier_activation"] = None  # logits
+    if "include_preprocessing" in parameters:
+        options["include_preprocessing"] = False  # images are already normalized
+    size = tuple(input_shape)
+    try:
+        application = constructor(input_shape=size, **options)
+    except ValueError as error:
+        minimum = re.search(r"at least (\d+)x(\d+)", str(error))
+        if not minimum:
+            raise
+        size = (int(minimum.group(1)), int(minimum.group(2)), input_shape[-1])
+        application = constructor(input_shape=size, **options)
+    inputs = keras.Input(tuple(input_shape), name="images")
+    x = _normalize(keras, inputs, dataset, input_shape[-1])
+    if size[:2] != tuple(input_shape[:2]):
+        x = keras.layers.Resizing(size[0], size[1], name="resize")(x)
+    outputs = application(x)
+    return keras.Model(inputs, outputs, name=application.name)
+
+
 def build_model(
     architecture,
     *,
@@ -161,7 +215,9 @@ def build_model(
 
     Args:
       architecture: `"cnn"` (small, for 28x28 inputs), `"vgg"` (VGG-style for
-        32x32), `"resnet20"`, `"resnet32"` or `"resnet56"` (CIFAR ResNets).
+        32x32), `"resnet20"`, `"resnet32"` or `"resnet56"` (CIFAR ResNets), or
+        `"keras.applications.<Name>"` (built with `weights=None`, masks inserted
+        after every trunk non-linearity by `insert_masks`).
       input_shape: Image shape `(H, W, C)`; images are float in [0, 1].
       num_classes: Number of classes; the model outputs logits.
       mask_rule: The `GradientMask` rule at every mask point. Defaults to `"mean"`.
@@ -176,6 +232,12 @@ def build_model(
     seed = mask_options.pop("seed", None)
     # Validates the options once, before any layer is built.
     GradientMask(mask_rule, seed=seed, **mask_options)
+    if application_constructor(architecture) is not None:
+        base = build_application(
+            architecture, input_shape=input_shape, num_classes=num_classes, dataset=dataset
+        )
+        model = insert_masks(base, mask_rule, seed=seed, **mask_options)
+        return model
     count = iter(range(10**6))
 
     def mask(tensor, name):

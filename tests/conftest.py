@@ -22,3 +22,19 @@ tf.config.set_logical_device_configuration(
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory):
+    """A tiny Fashion-MNIST-shaped dataset as IDX files: bright squares by class."""
+    from gradmask_tf import data
+
+    directory = tmp_path_factory.mktemp("idx")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 96), ("test", 48)):
+        labels = rng.integers(0, 10, count).astype(np.uint8)
+        images = rng.integers(0, 40, (count, 28, 28)).astype(np.uint8)
+        for image, label in zip(images, labels):
+            image[2 * label : 2 * label + 8, 4:12] = 250  # learnable signal
+        data.write_idx(directory, images, labels, split)
+    return directory

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import pathlib
 import signal
 import socket
@@ -14,57 +13,9 @@ import numpy as np
 import pytest
 
 from gradmask_tf import data
+from tests.helpers import MOCK_TRAIN, TRAIN, environment, finish, run, run_all, start
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TRAIN = str(ROOT / "train.py")
-MOCK_TRAIN = str(ROOT / "tests" / "mock_tfds_train.py")
 TINY = ["--epochs=2", "--batch_size=16", "--max_test_examples=32"]
-
-
-def environment(**extra):
-    env = dict(os.environ)
-    env.update(
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONPATH=str(ROOT),
-        GRADMASK_OFFLINE="1",
-        CUDA_VISIBLE_DEVICES="",
-    )
-    env.pop("TF_CONFIG", None)
-    env.update(extra)
-    return env
-
-
-def start(args, script=TRAIN, **env):
-    return subprocess.Popen(
-        [sys.executable, script, *args],
-        cwd=ROOT,
-        env=environment(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish(process, timeout=600):
-    stdout, stderr = process.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
-def run(args, script=TRAIN, **env):
-    return finish(start(args, script, **env))
-
-
-def run_all(commands, parallel=2):
-    """Runs `(args, script)` pairs, `parallel` at a time; results in order."""
-    results, running = [None] * len(commands), {}
-    pending = list(enumerate(commands))
-    while pending or running:
-        while pending and len(running) < parallel:
-            index, (args, script) = pending.pop(0)
-            running[index] = start(args, script)
-        index = next(iter(running))
-        results[index] = finish(running.pop(index))
-    return results
 
 
 def read_history(run_dir):
@@ -91,20 +42,6 @@ def assert_complete_run(run_dir, epochs=2):
     return history, metrics
 
 
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory):
-    """A tiny Fashion-MNIST-shaped dataset as IDX files: bright squares by class."""
-    directory = tmp_path_factory.mktemp("idx")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 96), ("test", 48)):
-        labels = rng.integers(0, 10, count).astype(np.uint8)
-        images = rng.integers(0, 40, (count, 28, 28)).astype(np.uint8)
-        for image, label in zip(images, labels):
-            image[2 * label : 2 * label + 8, 4:12] = 250  # learnable signal
-        data.write_idx(directory, images, labels, split)
-    return directory
-
-
 ARCHITECTURE_RUNS = [
     ("cnn", "mean"),
     ("cnn", "none"),
@@ -116,6 +53,7 @@ ARCHITECTURE_RUNS = [
     ("resnet56", "local"),
     ("resnet56", "none"),
     ("resnet32", "none"),
+    ("keras.applications.MobileNetV2", "mean"),
 ]
 
 
@@ -126,7 +64,11 @@ def architecture_runs(idx_dir, tmp_path_factory):
     commands = []
     for model, rule in ARCHITECTURE_RUNS:
         args = [f"--model={model}", f"--mask_rule={rule}", f"--output_dir={root / f'{model}-{rule}'}"]
-        if model == "cnn":
+        if model.startswith("keras.applications."):
+            # 28x28 Fashion-MNIST-shaped images, resized up to the 32x32 minimum.
+            commands.append(([*args, "--epochs=1", "--batch_size=16", "--max_test_examples=16",
+                              f"--data_dir={idx_dir}"], TRAIN))
+        elif model == "cnn":
             if rule == "mean":
                 args.append("--gsnr_every=2")
             commands.append(([*args, *TINY, f"--data_dir={idx_dir}"], TRAIN))
@@ -142,6 +84,8 @@ def test_every_architecture_trains_with_masks_on_and_off(architecture_runs, mode
     run_dir, result = architecture_runs[(model, rule)]
     assert_ok(result)
     history, metrics = assert_complete_run(run_dir, epochs=2 if model == "cnn" else 1)
+    config = json.loads((run_dir / "config.json").read_text())["flags"]
+    assert config["model"] == model and config["mask_rule"] == rule
     kept = [float(value) for key, value in history[-1].items() if key.startswith("kept_fraction/")]
     assert kept, "each mask point reports its kept fraction"
     if rule == "none":
