@@ -1,0 +1,88 @@
+"""End to end: python -m eval on tiny trained runs, then eval.compare on two of them."""
+
+import json
+
+import pytest
+
+from tests.helpers import TRAIN, finish, run_all, start
+
+EVAL_FILES = ("adversarial", "pruning", "saliency", "quality")
+
+
+@pytest.fixture(scope="module")
+def evaluated_runs(tmp_path_factory, idx_dir):
+    """Two tiny runs (none and mean), each evaluated with `python -m eval --smoke`."""
+    root = tmp_path_factory.mktemp("evaluated")
+    runs = {rule: root / rule for rule in ("none", "mean")}
+    trained = run_all(
+        [
+            (
+                ["--epochs=2", "--batch_size=16", "--max_test_examples=32", "--gsnr_every=3",
+                 f"--mask_rule={rule}", f"--data_dir={idx_dir}", f"--output_dir={run_dir}"],
+                TRAIN,
+            )
+            for rule, run_dir in runs.items()
+        ]
+    )
+    for result in trained:
+        assert result.returncode == 0, result.stderr[-2000:]
+    evaluated = run_all(
+        [(["-m", "eval", f"--run_dir={run_dir}", "--smoke"], None) for run_dir in runs.values()]
+    )
+    return runs, evaluated
+
+
+def test_eval_writes_every_evaluation_with_its_settings(evaluated_runs):
+    runs, evaluated = evaluated_runs
+    for (rule, run_dir), result in zip(runs.items(), evaluated):
+        assert result.returncode == 0, result.stderr[-3000:]
+        for name in EVAL_FILES:
+            payload = json.loads((run_dir / "eval" / f"{name}.json").read_text())
+            assert (run_dir / "eval" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert payload["run"]["mask_rule"] == rule
+            assert "settings" in payload and "library_versions" in payload["settings"]
+        adversarial = json.loads((run_dir / "eval" / "adversarial.json").read_text())
+        assert adversarial["num_examples"] == 48  # all 48 tiny test examples (smoke cap 64)
+        assert set(adversarial["attacks"]) == {"fgsm", "pgd"}
+        assert "exact" in json.dumps(adversarial["settings"])
+        pruning = json.loads((run_dir / "eval" / "pruning.json").read_text())
+        assert set(pruning["one_shot"]) == {"0.5", "0.9"} and pruning["fine_tuned"]
+        saliency = json.loads((run_dir / "eval" / "saliency.json").read_text())
+        # Saliency ran after pruning in the same process (TF-MOT's import trap).
+        assert all(0 <= f <= 1 for f in saliency["foreground_focus"].values())
+        quality = json.loads((run_dir / "eval" / "quality.json").read_text())
+        assert quality["gsnr"] > 0 and quality["training_curve"]
+        assert (run_dir / "eval" / "saliency_maps.npz").is_file()
+
+
+def test_compare_reports_two_runs(evaluated_runs, tmp_path):
+    runs, _ = evaluated_runs
+    result = finish(
+        start(["-m", "eval.compare", *map(str, runs.values()), f"--output_dir={tmp_path}"], script=None)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tmp_path / "report.md").read_text()
+    for heading in ("Accuracy (test split)", "Accuracy under L∞ attack", "after magnitude pruning",
+                    "foreground focus", "GSNR"):
+        assert heading in report
+    assert "| metric | none | mean |" in report
+    for figure in ("adversarial.png", "pruning.png", "gsnr.png", "saliency.png"):
+        assert (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"
+        assert f"]({figure})" in report
+
+
+def test_eval_rejects_bad_input_in_one_line(tmp_path, evaluated_runs):
+    runs, _ = evaluated_runs
+    cases = [
+        ([f"--run_dir={runs['mean']}", "--evals=adversarial,robustness"], "robustness"),
+        ([f"--run_dir={tmp_path}"], "no config.json"),
+        ([f"--run_dir={runs['mean']}", "--eps=0.1,abc"], "--eps"),
+        ([f"--run_dir={runs['mean']}", "--attacks=cw"], "valid: fgsm, pgd, bim, mim"),
+        ([], "--run_dir"),
+    ]
+    results = run_all([(["-m", "eval", *args], None) for args, _ in cases])
+    for (args, named), result in zip(cases, results):
+        assert result.returncode == 2, (args, result.stderr[-1000:])
+        message = result.stderr.strip()
+        assert "\n" not in message and named in message, message
+    assert not (tmp_path / "eval").exists()
