@@ -66,7 +66,11 @@ def load_run(path):
 
 
 def group_runs(runs):
-    """Groups runs by configuration; labels are the rule plus any flags that differ."""
+    """Groups runs by configuration (all flags but the seed), labelled by rule.
+
+    Where several configurations share a rule, the flags that tell them apart are
+    added to the label.
+    """
     groups = {}
     for run in runs:
         key = json.dumps(
@@ -75,17 +79,18 @@ def group_runs(runs):
         )
         groups.setdefault(key, []).append(run)
     configurations = [json.loads(key) for key in groups]
-    varying = sorted(
-        name
-        for name in set().union(*configurations)
-        if len({json.dumps(c.get(name)) for c in configurations}) > 1 and name != "mask_rule"
-    )
     labelled = {}
     for configuration, members in zip(configurations, groups.values()):
-        label = configuration.get("mask_rule", "?")
+        rule = configuration.get("mask_rule", "?")
+        # Only flags that tell apart configurations of the same rule go in the label.
+        siblings = [c for c in configurations if c.get("mask_rule") == rule]
+        varying = sorted(
+            name
+            for name in set().union(*siblings)
+            if len({json.dumps(c.get(name)) for c in siblings}) > 1
+        )
         extra = [f"{name}={configuration.get(name)}" for name in varying]
-        if extra:
-            label += " (" + ", ".join(extra) + ")"
+        label = rule + (" (" + ", ".join(extra) + ")" if extra else "")
         labelled[label] = sorted(members, key=lambda run: run.seed)
     return labelled
 
@@ -187,6 +192,8 @@ def report(runs, output_dir):
     for label, members in groups.items():
         seeds = ", ".join(str(run.seed) for run in members)
         paths = ", ".join(f"`{run.path}`" for run in members)
+        if members[0].rule == CONTROL:
+            label += f" (keep_fraction={members[0].config.get('mask_keep_fraction')})"
         lines.append(f"| {label} | {seeds} | {paths} |")
     for claim, heading in CLAIMS.items():
         metrics = list(
