@@ -15,9 +15,6 @@ attacker and fake robustness (gradient masking, Athalye et al. 2018).
 import importlib.metadata
 import math
 import numbers
-import os
-import pathlib
-import tempfile
 
 import keras
 import numpy as np
@@ -28,6 +25,8 @@ from cleverhans.tf2.attacks.momentum_iterative_method import momentum_iterative_
 from cleverhans.tf2.attacks.projected_gradient_descent import (
     projected_gradient_descent,
 )
+
+from eval import figures
 
 ATTACKS = ("fgsm", "pgd", "bim", "mim")
 # Madry et al. (2018): 2.5 * eps / steps lets PGD walk to the far side of the ball
@@ -401,7 +400,7 @@ def plot_adversarial(results, path, labels=None, title=None):
         fontsize=7,
         color="0.4",
     )
-    _atomic_save(figure, path)
+    figures.save(figure, path, dpi=150)
     return figure
 
 
@@ -426,22 +425,6 @@ def _footnote(runs):
         parts.append(f"{names}: {steps} steps of {step}{start}")
     parts.append("exact gradients (masks inactive)")
     return "; ".join(parts)
-
-
-def _atomic_save(figure, path):
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            figure.savefig(file, format="png", dpi=150)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; figures are to share.
-        os.replace(temporary, path)
-    except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _eps_key(radius):

@@ -1,9 +1,6 @@
 """Shared helpers of the evaluations: matplotlib without a display, atomic files."""
 
 import importlib.metadata
-import os
-import pathlib
-import tempfile
 
 
 def pyplot():
@@ -17,21 +14,13 @@ def pyplot():
 
 
 def save(figure, path, dpi=130):
-    """Writes a matplotlib figure as PNG through a temporary file and a rename."""
-    plt = pyplot()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(descriptor)
+    """Writes a matplotlib figure as PNG, atomically, and closes it."""
+    from gradmask_tf.runs import atomic_write
+
     try:
-        figure.savefig(temporary, dpi=dpi, format="png")
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        raise
+        atomic_write(path, lambda file: figure.savefig(file, format="png", dpi=dpi), binary=True)
     finally:
-        plt.close(figure)
+        pyplot().close(figure)
 
 
 def versions(*packages):

@@ -36,13 +36,13 @@ import math
 import numbers
 import os
 import pathlib
-import tempfile
 import types
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from eval import figures
 from gradmask_tf import ops
 from gradmask_tf.models import ARCHITECTURES, build_graph
 from gradmask_tf.training import mask_layers
@@ -937,19 +937,5 @@ def plot_pruning(results, path, labels=None, title=None):
         figure.legend(handles, names, title="mode", loc="outside right lower", fontsize=8,
                       title_fontsize=8, alignment="left")
 
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".png"
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            figure.savefig(file, format="png")
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; figures are to share.
-        os.replace(temporary, path)
-    except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    figures.save(figure, path, dpi=figure.get_dpi())
+    return pathlib.Path(path)

@@ -56,9 +56,6 @@ References:
 """
 
 import contextlib
-import os
-import pathlib
-import tempfile
 import textwrap
 import types
 import warnings
@@ -68,6 +65,9 @@ import numpy as np
 import tensorflow as tf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from eval import figures
+from gradmask_tf import runs
 
 with warnings.catch_warnings():
     # tf-keras-vis 0.8.7 imports `zoom` from a deprecated SciPy namespace.
@@ -514,22 +514,6 @@ def _panels(maps_by_label):
     return panels
 
 
-def _atomic_write_figure(figure, path, dpi):
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            figure.savefig(file, format="png", dpi=dpi)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; figures are to share.
-        os.replace(temporary, path)
-    except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _draw_outline(ax, pixels, upsampling=8):
     """Outlines the `True` pixels along their edges (contour of an upsampled mask)."""
     height, width = pixels.shape
@@ -675,7 +659,7 @@ def plot_saliency(
     )
     width_in_characters = int(figure.get_figwidth() * 15)
     figure.supxlabel(textwrap.fill(caption, width_in_characters), fontsize=7)
-    _atomic_write_figure(figure, path, dpi)
+    figures.save(figure, path, dpi=dpi)
 
 
 def save_maps(path, images, labels, maps):
@@ -692,19 +676,7 @@ def save_maps(path, images, labels, maps):
         if method not in METHODS:
             raise _invalid("maps", f"method names from {', '.join(METHODS)}", method)
         arrays[method] = np.asarray(method_maps, np.float32)
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            np.savez(file, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        raise
+    runs.atomic_write(path, lambda file: np.savez(file, **arrays), binary=True)
 
 
 def plot_comparison(maps_by_run, path, title=None, max_images=8):

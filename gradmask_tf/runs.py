@@ -32,21 +32,32 @@ _WEIGHTS = "state.weights.h5"
 _CHECKPOINT_HISTORY = "history.json"
 
 
-def atomic_write_text(path, text):
-    """Writes `text` to `path` through a temporary file and a rename."""
+def atomic_write(path, write, *, binary=False):
+    """Calls `write(file)` on a temporary file, then renames it to `path`.
+
+    A reader sees the old file or the new one, never half of one; the file is made
+    readable by all (mkstemp makes it private).
+    """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    descriptor, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix
+    )
     try:
-        with os.fdopen(descriptor, "w") as file:
-            file.write(text)
+        with os.fdopen(descriptor, "wb" if binary else "w") as file:
+            write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; results are to share.
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
         pathlib.Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path, text):
+    """Writes `text` to `path` atomically."""
+    atomic_write(path, lambda file: file.write(text))
 
 
 def atomic_write_json(path, value):
