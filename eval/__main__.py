@@ -94,12 +94,12 @@ def _names(name, values, allowed):
 
 def settings():
     """Validated settings, with the smoke caps applied."""
-    values = {name: FLAGS[name].value for name in FLAGS if name in _OWN_FLAGS}
+    values = {name: FLAGS[name].value for name in (*SMOKE, "fine_tune_epochs", "batch_size")}
     if FLAGS.smoke:
         for name, cap in SMOKE.items():
-            if name in ("sparsities",):
+            if name == "sparsities":
                 values[name] = cap
-            else:
+            else:  # 0 means "all", which the cap replaces too
                 values[name] = min(values[name], cap) if values[name] else cap
     if not FLAGS.run_dir:
         raise ValueError("flag --run_dir is required: a directory written by train.py")
@@ -234,20 +234,6 @@ def main(argv):
         runs.atomic_write_json(output / f"{name}.json", result)
         print(f"    wrote {output / name}.json and .png ({result['seconds']:.0f}s)")
     return 0
-
-
-_OWN_FLAGS = {
-    "max_examples",
-    "pgd_steps",
-    "sparsities",
-    "fine_tune_epochs",
-    "fine_tune_examples",
-    "num_images",
-    "smoothgrad_samples",
-    "probe_examples",
-    "micro_batches",
-    "batch_size",
-}
 
 
 if __name__ == "__main__":
