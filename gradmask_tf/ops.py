@@ -22,6 +22,11 @@ SCOPES = ("spatial", "channel")
 
 # Keeps an all-zero magnitude map at zero in the `lateral` rule instead of 0/0.
 _TINY = float(np.finfo(np.float32).tiny)
+# Hard thresholds of `mean` and `local` are lowered by 2^-17 (relative 7.6e-6): a
+# float32 mean of n equal values can round above them (it did for 42% of constant
+# maps tried), which would drop a whole constant map, for instance every map right
+# before global average pooling, that exact arithmetic keeps whole.
+_ROUNDING_SLACK = 1.0 - 2.0**-17
 
 
 def _invalid(name, expected, value):
@@ -118,6 +123,7 @@ def _threshold_mask(g, magnitude, tau, soft):
     """Applies a threshold; returns (masked gradient, float32 keep indicator)."""
     if soft:
         # sign(g) * max(|g| - tau, 0) = g - clip(g, -tau, tau): two fused passes.
+        # (No rounding slack: at a tie the shrunk value is zero either way.)
         tau = tf.cast(tau, g.dtype)
         masked = g - tf.clip_by_value(g, -tau, tau)
         keep = tf.cast(magnitude > tf.cast(tau, tf.float32), tf.float32)
@@ -127,6 +133,11 @@ def _threshold_mask(g, magnitude, tau, soft):
     keep = tf.cast(magnitude >= tau, tf.float32)
     masked = g * (keep if g.dtype == tf.float32 else tf.cast(keep, g.dtype))
     return masked, keep
+
+
+def _mean_factor(config):
+    """alpha, lowered by the rounding slack for the hard `mean` and `local` rules."""
+    return config.alpha if config.soft else config.alpha * _ROUNDING_SLACK
 
 
 def _rescale(g, masked, axes):
@@ -273,13 +284,15 @@ def mask_gradient(g, config, seed=None):
     axes = _neighbourhood_axes(rank, config.scope)
     if rule == "mean":
         magnitude = tf.abs(g32)
-        tau = config.alpha * tf.reduce_mean(magnitude, axis=axes, keepdims=True)
+        tau = _mean_factor(config) * tf.reduce_mean(magnitude, axis=axes, keepdims=True)
         masked, keep = _threshold_mask(g, magnitude, tau, config.soft)
     elif rule == "local":
         magnitude = tf.abs(g32)
         # SAME average pooling does not count the padding: a true local mean.
         local_mean = tf.nn.avg_pool2d(magnitude, config.kernel_size, 1, "SAME")
-        masked, keep = _threshold_mask(g, magnitude, config.alpha * local_mean, config.soft)
+        masked, keep = _threshold_mask(
+            g, magnitude, _mean_factor(config) * local_mean, config.soft
+        )
         axes = (1, 2)
     elif rule == "topk":
         magnitude = tf.abs(g32)

@@ -292,3 +292,19 @@ def test_masked_identity_reports_kept_fraction_and_obeys_enabled():
         else:
             assert float(kept) == 1.0
             np.testing.assert_array_equal(grad_x.numpy(), upstream.numpy())
+
+
+@pytest.mark.parametrize("rule", ("mean", "local"))
+def test_constant_maps_are_kept_whole(rule):
+    # In exact arithmetic |g| >= mean(|g|) holds everywhere on a constant map (the
+    # gradient right before global average pooling is one); a float32 mean that
+    # rounds up must not drop the whole map.
+    rng = np.random.default_rng(12)
+    for size in (4, 7, 16, 28):
+        values = (rng.random(8) * 10.0 ** rng.uniform(-8, 2, 8)).astype(np.float32)
+        # Channel c of every sample is the constant map values[c].
+        upstream = np.ascontiguousarray(np.broadcast_to(values, (8, size, size, 8)))
+        actual = backward(np.zeros_like(upstream), upstream, rule=rule)
+        np.testing.assert_array_equal(actual, upstream)
+    flat = np.full((3, 257), 0.1, np.float32)
+    np.testing.assert_array_equal(backward(flat, flat, rule=rule), flat)
