@@ -138,15 +138,13 @@ def main(argv):
 
     run_dir = options["run_dir"]
     config = runs.read_json(run_dir / runs.CONFIG)["flags"]
+
+    def split(name, **load_options):
+        """The run's dataset split, in its original order unless shuffled."""
+        return data.load(config["dataset"], name, data_dir=config.get("data_dir"), **load_options)
+
     try:
-        test_data = data.as_numpy(
-            data.load(
-                config["dataset"],
-                "test",
-                data_dir=config.get("data_dir"),
-                max_examples=options["max_examples"] or None,
-            )
-        )
+        test_data = data.as_numpy(split("test", max_examples=options["max_examples"] or None))
         model = keras.models.load_model(run_dir / runs.MODEL)
     except ValueError as error:
         _STDERR.fail(PROGRAM, error)
@@ -174,10 +172,8 @@ def main(argv):
             test_data,
             run_config=config,
             train_data=(
-                data.load(
-                    config["dataset"],
+                split(
                     "train",
-                    data_dir=config.get("data_dir"),
                     max_examples=options["fine_tune_examples"] or None,
                     shuffle=True,
                     seed=config["seed"],
@@ -205,14 +201,7 @@ def main(argv):
         ),
         "quality": lambda: quality.evaluate_quality(
             model,
-            data.as_numpy(
-                data.load(
-                    config["dataset"],
-                    "train",
-                    data_dir=config.get("data_dir"),
-                    max_examples=options["probe_examples"],
-                )
-            ),
+            data.as_numpy(split("train", max_examples=options["probe_examples"])),
             num_micro_batches=options["micro_batches"],
             history=runs.read_history(run_dir),
             figure_path=output / "quality.png",
