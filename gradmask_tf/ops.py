@@ -113,6 +113,19 @@ def num_kept(keep_fraction, size):
     return max(1, int(math.ceil(round(keep_fraction * size, 9))))
 
 
+def _check_tensor(tensor):
+    """The op is defined on float tensors of rank 2 or 4."""
+    if tensor.shape.rank not in (2, 4):
+        raise ValueError(
+            "Gradient Mask applies to rank-2 [N, D] or rank-4 [N, H, W, C] tensors. "
+            f"Received a tensor of shape {tensor.shape}."
+        )
+    if not tensor.dtype.is_floating:
+        raise ValueError(
+            f"Gradient Mask needs a float tensor. Received dtype {tensor.dtype}."
+        )
+
+
 def _neighbourhood_axes(rank, scope):
     if rank == 2:
         return (1,)
@@ -266,13 +279,7 @@ def mask_gradient(g, config, seed=None):
     """
     g = tf.convert_to_tensor(g)
     rank = g.shape.rank
-    if rank not in (2, 4):
-        raise ValueError(
-            "Gradient Mask applies to rank-2 [N, D] or rank-4 [N, H, W, C] tensors. "
-            f"Received a tensor of shape {g.shape}."
-        )
-    if not g.dtype.is_floating:
-        raise ValueError(f"Gradient Mask needs a float tensor. Received dtype {g.dtype}.")
+    _check_tensor(g)
     rule = config.rule
     if rule == "none" or (rule in ("mean", "local") and config.alpha == 0):
         return g, tf.ones([], tf.float32)
@@ -343,13 +350,7 @@ def masked_identity(x, config, *, enabled=True, seed=None, probe=None):
       A tensor equal to `x`.
     """
     x = tf.convert_to_tensor(x)
-    if x.shape.rank not in (2, 4):
-        raise ValueError(
-            "Gradient Mask applies to rank-2 [N, D] or rank-4 [N, H, W, C] tensors. "
-            f"Received a tensor of shape {x.shape}."
-        )
-    if not x.dtype.is_floating:
-        raise ValueError(f"Gradient Mask needs a float tensor. Received dtype {x.dtype}.")
+    _check_tensor(x)
     use_seed = seed is not None
     seed = tf.cast(seed, tf.int64) if use_seed else tf.zeros([2], tf.int64)
     probe = tf.zeros([], tf.float32) if probe is None else probe
