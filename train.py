@@ -310,6 +310,7 @@ def main(argv):
         _fail(str(error))
 
     has_gpu = configure_devices()
+    jit_compile = {"auto": has_gpu, "true": True, "false": False}[FLAGS.jit_compile]
     # Before any TensorFlow op runs: collective ops are configured at start-up.
     strategy = make_strategy()
 
@@ -340,7 +341,7 @@ def main(argv):
             # The multi-worker loop shards and batches per worker itself; XLA
             # recompiles for a smaller last batch, so it gets full batches only.
             batch_size=None if multi_worker else FLAGS.batch_size,
-            drop_remainder=FLAGS.jit_compile == "true" or (FLAGS.jit_compile == "auto" and has_gpu),
+            drop_remainder=jit_compile,
         )
     except ValueError as error:
         _fail(" ".join(str(error).split()))
@@ -348,7 +349,6 @@ def main(argv):
         _fail(f"--dataset={FLAGS.dataset} is not an image classification dataset")
 
     _STDERR.release()  # Validated: from here on, the run shows everything.
-    jit_compile = {"auto": has_gpu, "true": True, "false": False}[FLAGS.jit_compile]
     keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.deterministic:
         tf.config.experimental.enable_op_determinism()
