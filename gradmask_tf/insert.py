@@ -5,7 +5,7 @@ import inspect
 
 import keras
 
-from gradmask_tf.layers import GradientMask
+from gradmask_tf.layers import GradientMask, point_seeds
 from gradmask_tf.ops import MaskConfig
 from gradmask_tf.training import GradMaskModel
 
@@ -116,7 +116,7 @@ def insert_masks(model, rule="mean", *, after=None, **mask_options):
     MaskConfig(rule, seed=seed, **mask_options)  # validates before any rewriting
     select = _selector(after)
     output_layers = _output_layer_names(model)
-    count = iter(range(10**6))
+    seeds = point_seeds(seed)
 
     def call_function(layer, *args, **kwargs):
         outputs = layer(*args, **kwargs)
@@ -124,8 +124,7 @@ def insert_masks(model, rule="mean", *, after=None, **mask_options):
             return outputs
         if not isinstance(outputs, keras.KerasTensor) or len(outputs.shape) not in (2, 4):
             return outputs
-        point_seed = None if seed is None else seed + next(count)
-        return GradientMask(rule, seed=point_seed, name=f"{layer.name}_mask", **mask_options)(
+        return GradientMask(rule, seed=next(seeds), name=f"{layer.name}_mask", **mask_options)(
             outputs
         )
 

@@ -1,8 +1,20 @@
 """`GradientMask`: the Keras 3 layer around the op in `ops.py`."""
 
+import itertools
+
 import keras
 
 from gradmask_tf import ops
+
+
+def point_seeds(seed):
+    """Seeds of successive mask points: `seed`, `seed + 1`, ..., or always None.
+
+    A model's `random` masks must draw independently, so each point gets its own.
+    """
+    if seed is None:
+        return itertools.repeat(None)
+    return itertools.count(seed)
 
 
 @keras.saving.register_keras_serializable(package="gradmask_tf")

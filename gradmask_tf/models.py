@@ -11,7 +11,7 @@ import re
 import keras
 
 from gradmask_tf.insert import insert_masks
-from gradmask_tf.layers import GradientMask
+from gradmask_tf.layers import GradientMask, point_seeds
 from gradmask_tf.training import GradMaskModel
 
 ARCHITECTURES = ("cnn", "vgg", "resnet20", "resnet32", "resnet56")
@@ -238,11 +238,10 @@ def build_model(
         )
         model = insert_masks(base, mask_rule, seed=seed, **mask_options)
         return model
-    count = iter(range(10**6))
+    seeds = point_seeds(seed)
 
     def mask(tensor, name):
-        point_seed = None if seed is None else seed + next(count)
-        return GradientMask(mask_rule, seed=point_seed, name=name, **mask_options)(tensor)
+        return GradientMask(mask_rule, seed=next(seeds), name=name, **mask_options)(tensor)
 
     inputs, outputs = build_graph(
         architecture,
