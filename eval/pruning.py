@@ -44,6 +44,7 @@ import tensorflow as tf
 
 from eval import figures
 from gradmask_tf import ops
+from gradmask_tf.errors import invalid
 from gradmask_tf.models import ARCHITECTURES, build_graph
 from gradmask_tf.training import mask_layers
 
@@ -62,13 +63,6 @@ TWIN_TOLERANCE_16_BIT = 1e-2
 _MAX_MASK_UPDATES = 10
 _LEGACY_KERAS_VARIABLE = "TF_USE_LEGACY_KERAS"
 _TWIN_MASK_CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(ops.MaskConfig))
-
-
-def _invalid(name, expected, value):
-    return ValueError(
-        f"Invalid value for argument `{name}`: expected {expected}. "
-        f"Received: {name}={value!r}"
-    )
 
 
 @functools.cache
@@ -226,7 +220,7 @@ def build_twin(model, run_config):
             "of the run's config.json."
         )
     if architecture not in ARCHITECTURES:
-        raise _invalid(
+        raise invalid(
             "run_config['model']",
             f"one of {', '.join(ARCHITECTURES)} (the architectures that "
             "gradmask_tf.models.build_graph can also build with tf_keras, as TF-MOT needs)",
@@ -463,7 +457,7 @@ def _make_optimizer(tf_keras, name, learning_rate):
         "rmsprop": tf_keras.optimizers.RMSprop,
     }
     if name not in classes:
-        raise _invalid("run_config['optimizer']", "one of adam, adamw, sgd, rmsprop", name)
+        raise invalid("run_config['optimizer']", "one of adam, adamw, sgd, rmsprop", name)
     return classes[name](learning_rate)
 
 
@@ -555,16 +549,16 @@ def _validate(model, images, labels, sparsities, fine_tune_epochs, fine_tune_exa
               batch_size, learning_rate):
     expected = tuple(model.input_shape[1:])
     if images.ndim != len(expected) + 1 or tuple(images.shape[1:]) != expected:
-        raise _invalid("data", f"images of shape [N, {', '.join(map(str, expected))}]",
+        raise invalid("data", f"images of shape [N, {', '.join(map(str, expected))}]",
                        f"images of shape {images.shape}")
     if len(images) == 0 or labels.shape != (len(images),):
-        raise _invalid("data", "one integer label per image, at least one image",
+        raise invalid("data", "one integer label per image, at least one image",
                        f"{len(images)} images and labels of shape {labels.shape}")
     if not sparsities or any(
         not isinstance(s, numbers.Real) or isinstance(s, bool) or not 0 <= s < 1
         for s in sparsities
     ):
-        raise _invalid("sparsities", "a non-empty sequence of floats in [0, 1)", sparsities)
+        raise invalid("sparsities", "a non-empty sequence of floats in [0, 1)", sparsities)
     for name, value, expected in (
         ("fine_tune_epochs", fine_tune_epochs, "an integer >= 0"),
         ("fine_tune_examples", fine_tune_examples, "a positive integer or None"),
@@ -576,11 +570,11 @@ def _validate(model, images, labels, sparsities, fine_tune_epochs, fine_tune_exa
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or (
             value < lowest
         ):
-            raise _invalid(name, expected, value)
+            raise invalid(name, expected, value)
     if learning_rate is not None and (
         not isinstance(learning_rate, numbers.Real) or not learning_rate > 0
     ):
-        raise _invalid("learning_rate", "a float > 0 or None", learning_rate)
+        raise invalid("learning_rate", "a float > 0 or None", learning_rate)
 
 
 def evaluate_pruning(
@@ -680,7 +674,7 @@ def evaluate_pruning(
         image_shape = tuple(model.input_shape[1:])
         if not (isinstance(element, tuple) and len(element) == 2
                 and tuple(element[0].shape) == image_shape):
-            raise _invalid(
+            raise invalid(
                 "train_data",
                 f"a dataset of unbatched (image, label) pairs, images of shape "
                 f"{image_shape}",
@@ -689,11 +683,11 @@ def evaluate_pruning(
         if fine_tune_examples is not None:
             train_data = train_data.take(fine_tune_examples)
         elif int(train_data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
-            raise _invalid("fine_tune_examples", "a cap for an infinite `train_data`",
+            raise invalid("fine_tune_examples", "a cap for an infinite `train_data`",
                            fine_tune_examples)
         num_fine_tune_examples = _count(train_data)
         if num_fine_tune_examples == 0:
-            raise _invalid("train_data", "at least one (image, label) pair", train_data)
+            raise invalid("train_data", "at least one (image, label) pair", train_data)
         fine_tune_batch_size = int(run_config.get("batch_size") or batch_size)
         optimizer = run_config.get("optimizer", "adam")
         _make_optimizer(legacy_keras().keras, optimizer, 1.0)  # Validates the name.
@@ -855,7 +849,7 @@ def plot_pruning(results, path, labels=None, title=None):
 
     results = [results] if isinstance(results, dict) else list(results)
     if not results:
-        raise _invalid("results", "at least one evaluate_pruning result", results)
+        raise invalid("results", "at least one evaluate_pruning result", results)
     if labels is None:
         labels = [
             str(r.get("settings", {}).get("mask_rule", f"run {i + 1}"))
@@ -863,7 +857,7 @@ def plot_pruning(results, path, labels=None, title=None):
         ]
     labels = list(labels)
     if len(labels) != len(results):
-        raise _invalid("labels", f"{len(results)} labels, one per run", labels)
+        raise invalid("labels", f"{len(results)} labels, one per run", labels)
     single = len(results) == 1
     dense_style = (0, (5, 3))
     styles = {"one_shot": ("-." if not single else "-", "o"), "fine_tuned": ("-", "s")}

@@ -68,6 +68,7 @@ from matplotlib.figure import Figure
 
 from eval import figures
 from gradmask_tf import runs
+from gradmask_tf.errors import invalid
 
 with warnings.catch_warnings():
     # tf-keras-vis 0.8.7 imports `zoom` from a deprecated SciPy namespace.
@@ -140,33 +141,26 @@ def _numpy_global_seed(seed):
         np.random.set_state(state)
 
 
-def _invalid(name, expected, value):
-    return ValueError(
-        f"Invalid value for argument `{name}`: expected {expected}. "
-        f"Received: {name}={value!r}"
-    )
-
-
 def _validate_methods(methods):
     if isinstance(methods, str):
         methods = (methods,)
     methods = tuple(methods)
     unknown = [method for method in methods if method not in METHODS]
     if unknown or not methods:
-        raise _invalid(
+        raise invalid(
             "methods",
             f"a non-empty sequence of names from {', '.join(METHODS)}",
             methods,
         )
     if len(set(methods)) != len(methods):
-        raise _invalid("methods", "each method at most once", methods)
+        raise invalid("methods", "each method at most once", methods)
     return methods
 
 
 def _validate_images(images, name="images"):
     images = np.asarray(images)
     if images.ndim != 4 or 0 in images.shape:
-        raise _invalid(
+        raise invalid(
             name, "a non-empty array [N, H, W, C]", f"array of shape {images.shape}"
         )
     return images
@@ -214,17 +208,17 @@ def _resolve_penultimate_layer(model, penultimate_layer):
     if penultimate_layer is None:
         return find_penultimate_layer(model)
     if not isinstance(penultimate_layer, str):
-        raise _invalid("penultimate_layer", "a layer name or None", penultimate_layer)
+        raise invalid("penultimate_layer", "a layer name or None", penultimate_layer)
     names = [layer.name for layer in model.layers]
     if penultimate_layer not in names:
-        raise _invalid(
+        raise invalid(
             "penultimate_layer",
             f"the name of a layer of model {model.name!r} ({', '.join(names)})",
             penultimate_layer,
         )
     rank = _output_rank(model.get_layer(penultimate_layer))
     if rank != 4:
-        raise _invalid(
+        raise invalid(
             "penultimate_layer",
             f"a layer with a 4-D output [N, H, W, C] (its output has rank {rank})",
             penultimate_layer,
@@ -364,7 +358,7 @@ def saliency_maps(
     images = _validate_images(images)
     labels = np.asarray(labels)
     if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
-        raise _invalid(
+        raise invalid(
             "labels",
             f"an integer array of shape {images.shape[:1]} (one class per image)",
             f"{labels.dtype} array of shape {labels.shape}",
@@ -377,7 +371,7 @@ def saliency_maps(
         )
     num_classes = model.outputs[0].shape[-1]
     if labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes):
-        raise _invalid(
+        raise invalid(
             "labels",
             f"class indices in [0, {num_classes})",
             f"values in [{labels.min()}, {labels.max()}]",
@@ -385,11 +379,11 @@ def saliency_maps(
     if "smoothgrad" in methods and (
         not isinstance(smoothgrad_samples, (int, np.integer)) or smoothgrad_samples < 1
     ):
-        raise _invalid("smoothgrad_samples", "an integer >= 1", smoothgrad_samples)
+        raise invalid("smoothgrad_samples", "an integer >= 1", smoothgrad_samples)
     if "smoothgrad" in methods and not smoothgrad_noise >= 0:
-        raise _invalid("smoothgrad_noise", "a float >= 0", smoothgrad_noise)
+        raise invalid("smoothgrad_noise", "a float >= 0", smoothgrad_noise)
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise _invalid("batch_size", "an integer >= 1", batch_size)
+        raise invalid("batch_size", "an integer >= 1", batch_size)
     options = {
         "smoothgrad_samples": int(smoothgrad_samples),
         "smoothgrad_noise": float(smoothgrad_noise),
@@ -475,13 +469,13 @@ def foreground_focus(maps, images):
     maps = np.asarray(maps, np.float64)
     images = np.asarray(images)
     if maps.ndim != 3 or images.shape[:3] != maps.shape:
-        raise _invalid(
+        raise invalid(
             "maps",
             f"an array [N, H, W] matching the images {images.shape}",
             f"array of shape {maps.shape}",
         )
     if np.any(maps < 0):
-        raise _invalid("maps", "non-negative values", f"minimum {np.nanmin(maps)}")
+        raise invalid("maps", "non-negative values", f"minimum {np.nanmin(maps)}")
     totals = maps.sum(axis=(1, 2))
     on_object = (maps * _object_pixels(images)).sum(axis=(1, 2))
     valid = np.isfinite(totals) & (totals > 0)
@@ -493,7 +487,7 @@ def foreground_focus(maps, images):
 def _panels(maps_by_label):
     """`[(run or None, method, maps)]` from a flat or a nested dict."""
     if not maps_by_label:
-        raise _invalid("maps_by_label", "a non-empty dict", maps_by_label)
+        raise invalid("maps_by_label", "a non-empty dict", maps_by_label)
     nested = [isinstance(value, dict) for value in maps_by_label.values()]
     if all(nested):
         return [
@@ -502,7 +496,7 @@ def _panels(maps_by_label):
             for method, maps in by_method.items()
         ]
     if any(nested):
-        raise _invalid(
+        raise invalid(
             "maps_by_label",
             "either {label: maps} or {run: {method: maps}}, not a mix",
             list(maps_by_label),
@@ -569,15 +563,15 @@ def plot_saliency(
     images = _validate_images(images)
     panels = _panels(maps_by_label)
     if not isinstance(max_images, (int, np.integer)) or max_images < 1:
-        raise _invalid("max_images", "an integer >= 1", max_images)
+        raise invalid("max_images", "an integer >= 1", max_images)
     if row_labels is not None and len(row_labels) != len(images):
-        raise _invalid("row_labels", f"{len(images)} labels, one per image", row_labels)
+        raise invalid("row_labels", f"{len(images)} labels, one per image", row_labels)
     focus = []
     for run, method, maps in panels:
         maps = np.asarray(maps)
         if maps.shape != images.shape[:3]:
             name = method if run is None else f"{run} / {method}"
-            raise _invalid(
+            raise invalid(
                 "maps_by_label",
                 f"maps of shape {images.shape[:3]} for the images",
                 f"{name}: array of shape {maps.shape}",
@@ -674,7 +668,7 @@ def save_maps(path, images, labels, maps):
     arrays = {"images": np.asarray(images, np.float32), "labels": np.asarray(labels)}
     for method, method_maps in maps.items():
         if method not in METHODS:
-            raise _invalid("maps", f"method names from {', '.join(METHODS)}", method)
+            raise invalid("maps", f"method names from {', '.join(METHODS)}", method)
         arrays[method] = np.asarray(method_maps, np.float32)
     runs.atomic_write(path, lambda file: np.savez(file, **arrays), binary=True)
 
@@ -696,11 +690,11 @@ def plot_comparison(maps_by_run, path, title=None, max_images=8):
       ValueError: If the runs saw different images or hold no maps.
     """
     if not maps_by_run:
-        raise _invalid("maps_by_run", "a non-empty dict {run label: saved maps}", {})
+        raise invalid("maps_by_run", "a non-empty dict {run label: saved maps}", {})
     runs = {label: dict(saved) for label, saved in maps_by_run.items()}
     for label, saved in runs.items():
         if "images" not in saved or not any(method in saved for method in METHODS):
-            raise _invalid(
+            raise invalid(
                 "maps_by_run",
                 f"images and maps of at least one method for each run ({label!r} has "
                 f"{', '.join(saved) or 'nothing'})",
@@ -797,16 +791,16 @@ def evaluate_saliency(
     """
     methods = _validate_methods(methods)
     if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise _invalid("data", "a pair (images, labels) of NumPy arrays", type(data))
+        raise invalid("data", "a pair (images, labels) of NumPy arrays", type(data))
     images = _validate_images(data[0], "data[0] (images)")
     labels = np.asarray(data[1])
     if num_images is not None:
         if not isinstance(num_images, (int, np.integer)) or num_images < 1:
-            raise _invalid("num_images", "an integer >= 1 or None", num_images)
+            raise invalid("num_images", "an integer >= 1 or None", num_images)
         images, labels = images[:num_images], labels[:num_images]
     in_unit_range = images.min() >= 0 and images.max() <= 1
     if not (np.issubdtype(images.dtype, np.floating) and in_unit_range):
-        raise _invalid(
+        raise invalid(
             "data[0] (images)",
             "floats in [0, 1]",
             f"{images.dtype} values in [{images.min()}, {images.max()}]",

@@ -23,6 +23,8 @@ import struct
 import numpy as np
 import tensorflow as tf
 
+from gradmask_tf.errors import invalid
+
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 # Datasets published as the four IDX files of LeCun's MNIST layout.
@@ -69,13 +71,6 @@ class DatasetInfo:
     num_classes: int
     num_train: int | None
     num_test: int | None
-
-
-def _invalid(name, expected, value):
-    return ValueError(
-        f"Invalid value for argument `{name}`: expected {expected}. "
-        f"Received: {name}={value!r}"
-    )
 
 
 def _is_integer(value):
@@ -228,23 +223,23 @@ def write_idx(directory, images_uint8, labels_uint8, split, compress=True):
     images = np.asarray(images_uint8)
     labels = np.asarray(labels_uint8)
     if split not in _IDX_SPLITS:
-        raise _invalid("split", "'train' or 'test'", split)
+        raise invalid("split", "'train' or 'test'", split)
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise _invalid(
+        raise invalid(
             "images_uint8",
             "a uint8 array of shape [N, rows, columns] or [N, rows, columns, 1]",
             f"array of dtype {images.dtype} and shape {images.shape}",
         )
     if images.ndim == 4:
         if images.shape[-1] != 1:
-            raise _invalid(
+            raise invalid(
                 "images_uint8",
                 "one channel (IDX files hold grayscale images)",
                 f"array of shape {images.shape}",
             )
         images = images[..., 0]
     if labels.dtype != np.uint8 or labels.shape != (len(images),):
-        raise _invalid(
+        raise invalid(
             "labels_uint8",
             f"a uint8 array of shape [{len(images)}] (one label per image)",
             f"array of dtype {labels.dtype} and shape {labels.shape}",
@@ -281,10 +276,10 @@ def _parse_idx_split(split):
     for term in re.split(r"\s*\+\s*", split.strip()):
         match = _SPLIT_TERM.match(term)
         if not match or match["name"] not in _IDX_SPLITS + ("all",):
-            raise _invalid("split", expected, split)
+            raise invalid("split", expected, split)
         if match["name"] == "all":
             if match["start"] is not None or match["stop"] is not None:
-                raise _invalid("split", expected, split)
+                raise invalid("split", expected, split)
             terms.extend((name, None, None) for name in _IDX_SPLITS)
         else:
             terms.append((match["name"], match["start"], match["stop"]))
@@ -297,12 +292,12 @@ def _resolve_bound(bound, count, split):
     if bound.endswith("%"):
         percent = int(bound[:-1])
         if abs(percent) > 100:
-            raise _invalid("split", "percent slice bounds in [-100%, 100%]", split)
+            raise invalid("split", "percent slice bounds in [-100%, 100%]", split)
         # Rounded to the closest example, as TFDS does.
         return int(round(percent * count / 100.0))
     value = int(bound)
     if abs(value) > count:
-        raise _invalid("split", f"slice bounds within the {count} examples", split)
+        raise invalid("split", f"slice bounds within the {count} examples", split)
     return value
 
 
@@ -427,7 +422,7 @@ def _source_dataset(name, split, data_dir):
 
 def _validate_name(name):
     if not isinstance(name, str) or not name.strip():
-        raise _invalid(
+        raise invalid(
             "name", "a tensorflow-datasets name such as 'fashion_mnist'", name
         )
 
@@ -515,22 +510,22 @@ def _augment(example, element_seed):
 def _validate_load_arguments(name, split, max_examples, batch_size, seed, flags):
     _validate_name(name)
     if not isinstance(split, str) or not split.strip():
-        raise _invalid(
+        raise invalid(
             "split", "a split name such as 'train', 'test' or 'train[:90%]'", split
         )
     if max_examples is not None and (
         not _is_integer(max_examples) or max_examples < 0
     ):
-        raise _invalid(
+        raise invalid(
             "max_examples", "None or an integer >= 0 (0 means all)", max_examples
         )
     if batch_size is not None and (not _is_integer(batch_size) or batch_size < 1):
-        raise _invalid("batch_size", "None or an integer >= 1", batch_size)
+        raise invalid("batch_size", "None or an integer >= 1", batch_size)
     if not _is_integer(seed):
-        raise _invalid("seed", "an integer", seed)
+        raise invalid("seed", "an integer", seed)
     for flag_name, value in flags.items():
         if not isinstance(value, (bool, np.bool_)):
-            raise _invalid(flag_name, "True or False", value)
+            raise invalid(flag_name, "True or False", value)
 
 
 def load(
@@ -601,7 +596,7 @@ def load(
             "classification datasets only."
         )
     if augment and tuple(image_spec.shape) != _AUGMENT_IMAGE_SHAPE:
-        raise _invalid(
+        raise invalid(
             "augment",
             f"False for {name!r}, whose images are {tuple(image_spec.shape)}: the "
             "padded crop and flip are defined for 32x32 colour images",

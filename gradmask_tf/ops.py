@@ -17,6 +17,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from gradmask_tf.errors import invalid
+
 RULES = ("none", "mean", "local", "topk", "lateral", "random")
 SCOPES = ("spatial", "channel")
 
@@ -27,13 +29,6 @@ _TINY = float(np.finfo(np.float32).tiny)
 # maps tried), which would drop a whole constant map, for instance every map right
 # before global average pooling, that exact arithmetic keeps whole.
 _ROUNDING_SLACK = 1.0 - 2.0**-17
-
-
-def _invalid(name, expected, value):
-    return ValueError(
-        f"Invalid value for argument `{name}`: expected {expected}. "
-        f"Received: {name}={value!r}"
-    )
 
 
 def _is_real_number(value):
@@ -64,31 +59,31 @@ class MaskConfig:
 
     def __post_init__(self):
         if self.rule not in RULES:
-            raise _invalid("rule", f"one of {', '.join(RULES)}", self.rule)
+            raise invalid("rule", f"one of {', '.join(RULES)}", self.rule)
         if self.scope not in SCOPES:
-            raise _invalid("scope", f"one of {', '.join(SCOPES)}", self.scope)
+            raise invalid("scope", f"one of {', '.join(SCOPES)}", self.scope)
         if not _is_real_number(self.alpha) or not self.alpha >= 0 or math.isinf(self.alpha):
-            raise _invalid("alpha", "a finite float >= 0", self.alpha)
+            raise invalid("alpha", "a finite float >= 0", self.alpha)
         if not _is_real_number(self.keep_fraction) or not 0 < self.keep_fraction <= 1:
-            raise _invalid("keep_fraction", "a float in (0, 1]", self.keep_fraction)
+            raise invalid("keep_fraction", "a float in (0, 1]", self.keep_fraction)
         for name in ("kernel_size", "zone_size"):
             value = getattr(self, name)
             if not _is_integer(value) or value <= 0 or value % 2 == 0:
-                raise _invalid(name, "a positive odd integer", value)
+                raise invalid(name, "a positive odd integer", value)
         for name in ("inhibition_base", "inhibition_strength"):
             value = getattr(self, name)
             if not _is_real_number(value) or not value >= 0 or math.isinf(value):
-                raise _invalid(name, "a finite float >= 0", value)
+                raise invalid(name, "a finite float >= 0", value)
         for name in ("soft", "rescale"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise _invalid(name, "a bool", getattr(self, name))
+                raise invalid(name, "a bool", getattr(self, name))
         if self.soft and self.rule == "lateral":
-            raise _invalid(
+            raise invalid(
                 "soft", "False with rule='lateral' (soft mode is not defined for it)",
                 self.soft,
             )
         if self.seed is not None and not _is_integer(self.seed):
-            raise _invalid("seed", "an integer or None", self.seed)
+            raise invalid("seed", "an integer or None", self.seed)
         # Store plain Python numbers so configs compare and serialize cleanly.
         object.__setattr__(self, "alpha", float(self.alpha))
         object.__setattr__(self, "keep_fraction", float(self.keep_fraction))
