@@ -1,26 +1,56 @@
 """Command-line plumbing shared by train.py and the eval commands.
 
-Imports nothing heavy: it must run before TensorFlow is imported.
+Imports nothing heavy, and importing it changes nothing: an entry point creates its
+`DeferredStderr` at its top, before TensorFlow is imported.
 """
 
 import atexit
+import logging
 import os
+import re
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Start-up lines that say nothing to a user: TensorFlow's native logging before it is
+# configured, the CUDA probe of a machine without a GPU, and a TFDS warning about a
+# dataset folder it has not created yet. Matched anywhere in the line.
+STARTUP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|\] oneDNN custom operations are on"
+    r"|\] Could not find cuda drivers on your machine"
+    r"|\] failed call to cuInit"
+    r"|Unable to register cu(DNN|FFT|BLAS) factory"
+    r"|has no dataset_info\.json"
+)
+
+
+class _DropStartupNoise(logging.Filter):
+    def filter(self, record):
+        return not STARTUP_NOISE.search(record.getMessage())
+
+
+def quiet_python_logging():
+    """Drops the start-up noise that Python loggers (absl's, TFDS's) print."""
+    from absl import logging as absl_logging
+
+    absl_logging.get_absl_logger().addFilter(_DropStartupNoise())
 
 
 class DeferredStderr:
     """Holds back what native code writes to stderr until the command is validated.
 
-    Importing TensorFlow prints lines from C++ that no setting silences. Until the
-    arguments, files and data are checked, stderr goes to a temporary file, so a bad
-    command line gets exactly one line. Once the work starts (or if the process dies
-    unexpectedly) what was held back is written out.
+    Importing TensorFlow prints lines from C++ that no setting silences. Created at the
+    top of an entry point, before TensorFlow is imported, it raises TensorFlow's native
+    log level to errors, drops the known start-up noise (`STARTUP_NOISE`) from Python
+    logging, and sends stderr to a temporary file until the arguments, files and data
+    are checked, so a bad command line gets exactly one line. Once the work starts (or
+    if the process ends unexpectedly) what was held back is written out, less the
+    start-up noise.
     """
 
     def __init__(self):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        quiet_python_logging()
         self._saved = os.dup(2)
         self._file = tempfile.TemporaryFile()
         os.dup2(self._file.fileno(), 2)
@@ -35,7 +65,9 @@ class DeferredStderr:
         os.dup2(self._saved, 2)
         if replay:
             self._file.seek(0)
-            os.write(2, self._file.read())
+            held = self._file.read().decode(errors="replace").splitlines(keepends=True)
+            kept = (line for line in held if not STARTUP_NOISE.search(line))
+            os.write(2, "".join(kept).encode())
         self._file.close()
 
     def fail(self, program, message):

@@ -27,3 +27,23 @@ def test_usage_example_trains():
     assert model.history.history["loss"], "fit ran"
     masks = [layer for layer in model.layers if type(layer).__name__ == "GradientMask"]
     assert len(masks) == 2
+
+
+def _quick_start_commands():
+    text = README.read_text()
+    section = text[text.index("## Quick start") : text.index("## Usage")]
+    return re.findall(r"```bash\n(.*?)\n```", section, re.S)
+
+
+def test_quick_start_runs_as_root_and_with_sudo_and_ci_runs_its_test_command():
+    train, test = _quick_start_commands()
+    setup = train.rsplit(" && ", 1)[0]
+    assert train == setup + " && .venv/bin/python train.py"
+    assert test == setup + " && .venv/bin/python -m pytest -q"
+    # As root without sudo (CI, these machines) and as a user with it.
+    assert setup.count("apt-get") == setup.count("$(command -v sudo) apt-get") == 2
+    assert "sudo" not in setup.replace("$(command -v sudo)", "")
+    ci = (README.parent / ".ci" / "run").read_text()
+    apt_packages = re.search(r"apt-get install -y (.*?) &&", setup).group(1).split()
+    assert f"apt-get install -y -q {' '.join(apt_packages)}" in ci
+    assert ci.rstrip().splitlines()[-1] == ".venv/bin/python -m pytest -q"
