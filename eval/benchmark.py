@@ -14,17 +14,25 @@ forwards the buffer, so its time is call overhead, reported as `passthrough`.
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
 
-import numpy as np
-import tensorflow as tf
+from eval.cli import DeferredStderr
 
-import gradmask_tf
-from gradmask_tf import ops
+# Run as a program: TensorFlow's start-up lines are held back until the arguments
+# are checked, and then dropped where they are known noise.
+_STDERR = DeferredStderr() if __name__ == "__main__" else None
 
-RULES = ("none", "mean", "local", "topk", "lateral", "random")
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import gradmask_tf  # noqa: E402
+from gradmask_tf import ops  # noqa: E402
+from gradmask_tf.ops import RULES  # noqa: E402
+
+PROGRAM = "python -m eval.benchmark"
 
 
 def _interleaved_medians(candidates, repeats, warmup=3):
@@ -168,9 +176,28 @@ def environment():
         "gradmask_tf": gradmask_tf.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "cpu_count": __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
         "gpus": len(tf.config.list_physical_devices("GPU")),
     }
+
+
+def _validate(args, suites):
+    """The gradient shape of the op suite; a ValueError names a bad argument."""
+    unknown = sorted(set(suites) - {"op", "step", "resnet50"})
+    if unknown:
+        raise ValueError(f"--suites: unknown {', '.join(unknown)}; valid: op, step, resnet50")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats: expected >= 1, received {args.repeats}")
+    try:
+        shape = tuple(int(value) for value in args.shape.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) not in (2, 4) or min(shape) <= 0:
+        raise ValueError(
+            "--shape: expected 2 or 4 positive comma-separated integers, "
+            f"received {args.shape!r}"
+        )
+    return shape
 
 
 def main(argv=None):
@@ -184,27 +211,16 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=128)
     args = parser.parse_args(argv)
     suites = args.suites.split(",")
-    unknown = sorted(set(suites) - {"op", "step", "resnet50"})
-    if unknown:
-        print(
-            f"error: --suites: unknown {', '.join(unknown)}; valid: op, step, resnet50",
-            file=sys.stderr,
-        )
-        return 2
     try:
-        shape = tuple(int(v) for v in args.shape.split(","))
-        if len(shape) not in (2, 4) or min(shape) <= 0:
-            raise ValueError
-    except ValueError:
-        print(
-            f"error: --shape: expected 2 or 4 positive comma-separated integers, "
-            f"received {args.shape!r}",
-            file=sys.stderr,
-        )
+        shape = _validate(args, suites)
+    except ValueError as error:
+        if _STDERR is not None:
+            _STDERR.fail(PROGRAM, error)
+        print(f"{PROGRAM}: error: {error}", file=sys.stderr)
         return 2
-    if args.repeats < 1:
-        print(f"error: --repeats: expected >= 1, received {args.repeats}", file=sys.stderr)
-        return 2
+    if _STDERR is not None:
+        tf.config.list_physical_devices("GPU")  # The CUDA probe's lines, while held.
+        _STDERR.release()
     result = {"environment": environment()}
     if "op" in suites:
         result["op_backward"] = benchmark_op(shape, args.repeats)
