@@ -221,6 +221,8 @@ def main(argv=None):
     if _STDERR is not None:
         tf.config.list_physical_devices("GPU")  # The CUDA probe's lines, while held.
         _STDERR.release()
+    # One tf.function per candidate is by design: no retracing warnings.
+    tf.get_logger().setLevel("ERROR")
     result = {"environment": environment()}
     if "op" in suites:
         result["op_backward"] = benchmark_op(shape, args.repeats)
