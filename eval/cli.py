@@ -20,6 +20,8 @@ STARTUP_NOISE = re.compile(
     r"|\] Could not find cuda drivers on your machine"
     r"|\] failed call to cuInit"
     r"|Unable to register cu(DNN|FFT|BLAS) factory"
+    r"|\] This TensorFlow binary is optimized to use available CPU instructions"
+    r"|^To enable the following instructions: .* rebuild TensorFlow"
     r"|has no dataset_info\.json"
 )
 
