@@ -64,15 +64,27 @@ def labels(values, num_images, num_classes=None, name="labels"):
 def labelled_images(data, model=None):
     """`(images, labels)` checked by `pair`, `images` and `labels`.
 
-    With a `model`, labels must also be indices of its logits (counted on one image,
-    so any Keras model works, subclassed ones included).
+    With a `model`, images must also fit its input shape where it declares one, and
+    labels be indices of its logits (counted on one image, so any Keras model works).
     """
     image_values, label_values = pair(data)
     image_values = images(image_values)
     num_classes = None
     if model is not None:
+        expected = getattr(model, "input_shape", None)
+        if isinstance(expected, tuple) and not _fits(image_values.shape, expected):
+            shape = ", ".join("?" if size is None else str(size) for size in expected[1:])
+            raise invalid("images", f"an array of shape [N, {shape}], the model's input",
+                          f"array of shape {image_values.shape}")
         num_classes = int(model(image_values[:1], training=False).shape[-1])
     return image_values, labels(label_values, len(image_values), num_classes)
+
+
+def _fits(shape, expected):
+    """Whether an array's shape fits a Keras shape whose sizes may be None."""
+    return len(shape) == len(expected) and all(
+        size is None or size == actual for size, actual in zip(expected[1:], shape[1:])
+    )
 
 
 def names(name, values, allowed):
