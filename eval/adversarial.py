@@ -91,12 +91,8 @@ def evaluate_adversarial(
 ):
     """Accuracy of `model` under each attack at each radius.
 
-    Example:
-
-    ```python
-    result = evaluate_adversarial(model, (x_test[:1000], y_test[:1000]))
-    result["attacks"]["pgd"]["0.03"]  # accuracy under PGD-10 at eps 0.03
-    ```
+    `evaluate_adversarial(model, (x_test[:1000], y_test[:1000]))["attacks"]["pgd"]
+    ["0.03"]` is the accuracy under PGD-10 at eps 0.03.
 
     Args:
       model: A Keras model whose outputs are logits.
@@ -127,21 +123,14 @@ def evaluate_adversarial(
     images, labels, pgd_steps, pgd_step_size, batch_size = _check(
         model, data, pgd_steps, pgd_step_size, batch_size
     )
-
-    def accuracy(run):
-        correct = sum(
-            int(run(*_batch(images, labels, batch))[1]) for batch in _batches(images, batch_size)
-        )
-        return correct / len(images)
-
-    clean_accuracy = accuracy(_compiled_clean(model, images.shape[1:]))
+    shape = images.shape[1:]
+    clean_accuracy = _accuracy(_compiled_clean(model, shape), images, labels, batch_size)
     tf.random.set_seed(seed)
     accuracies = {
         attack: {
-            checks.key(radius): accuracy(
-                _compiled_attack(
-                    model, attack, radius, images.shape[1:], pgd_steps, pgd_step_size
-                )
+            checks.key(radius): _accuracy(
+                _compiled_attack(model, attack, radius, shape, pgd_steps, pgd_step_size),
+                images, labels, batch_size,
             )
             for radius in radii
         }
@@ -153,6 +142,12 @@ def evaluate_adversarial(
         "attacks": accuracies,
         "settings": _settings(attacks, radii, pgd_steps, pgd_step_size, batch_size, seed),
     }
+
+
+def _accuracy(run, images, labels, batch_size):
+    """The share of examples `run` (an attack, or none) leaves correctly classified."""
+    batches = _batches(images, batch_size)
+    return sum(int(run(*_batch(images, labels, batch))[1]) for batch in batches) / len(images)
 
 
 def _check(model, data, pgd_steps, pgd_step_size, batch_size):

@@ -24,6 +24,7 @@ References:
 """
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -95,10 +96,9 @@ def evaluate_pruning(
       model: The trained Keras 3 model; outputs logits.
       data: `(images, labels)` NumPy arrays: float images `[N, H, W, C]` in [0, 1]
         and integer labels `[N]` (e.g. the first N test examples).
-      architecture: The model's name in `gradmask_tf.models.ARCHITECTURES`, from
-        which its `tf_keras` twin is built.
-      dataset: The dataset the model was trained on (the twin's normalization).
-        Defaults to None.
+      architecture: The model's name in `gradmask_tf.models.ARCHITECTURES`.
+      dataset: The dataset it was trained on (the twin's normalization). Defaults
+        to None.
       sparsities: Target sparsities, each in [0, 1). Defaults to
         `DEFAULT_SPARSITIES`.
       fine_tune: A `FineTune`, or None for the one-shot mode only. Defaults to None.
@@ -121,11 +121,9 @@ def evaluate_pruning(
     sparsities = sorted(checks.floats("sparsities", sparsities, low=0.0, high=1.0))
     batch_size = checks.integer("batch_size", batch_size)
     train_data, num_train = _fine_tune_data(model, fine_tune, train_data)
-    mask_config = fine_tune.mask_config if fine_tune else None
-
-    def twin():  # A new one per sparsity and mode: pruning edits a twin in place.
-        return tfmot_compat.build_twin(model, architecture, dataset=dataset, mask_config=mask_config)
-
+    # A new twin per sparsity and mode: pruning edits a twin in place.
+    twin = functools.partial(tfmot_compat.build_twin, model, architecture, dataset=dataset,
+                             mask_config=fine_tune.mask_config if fine_tune else None)
     dense = twin()
     reference_logits = model.predict(images, batch_size=batch_size, verbose=0)
     dense_logits = tfmot_compat.verify_twin(
@@ -147,8 +145,8 @@ def evaluate_pruning(
         "sparsities": sparsities,
         "pruned_layers": layers,
         "twin_max_logit_difference": tfmot_compat.max_difference(reference_logits, dense_logits),
-        **_fine_tune_settings(fine_tune, num_train, schedule, _mask_rules(dense)),
     }
+    settings.update(_fine_tune_settings(fine_tune, num_train, schedule, _mask_rules(dense)))
     return {"dense_accuracy": _accuracy(dense_logits, labels), **results,
             "num_examples": len(images), "settings": settings}
 

@@ -80,13 +80,9 @@ def evaluate_saliency(
         smoothgrad_noise=smoothgrad_noise, penultimate_layer=layer, batch_size=batch_size,
         seed=seed,
     )
-    focus = {method: foreground_focus(maps[method], images) for method in methods}
-    valid = {method: values[np.isfinite(values)] for method, values in focus.items()}
     smoothgrad = "smoothgrad" in methods
     result = {
-        "foreground_focus": {m: float(v.mean()) if v.size else None for m, v in valid.items()},
-        "foreground_focus_std": {m: float(v.std()) if v.size else None for m, v in valid.items()},
-        "num_excluded": {m: int(len(focus[m]) - v.size) for m, v in valid.items()},
+        **_focus(maps, images),
         "chance": float(object_share(images).mean()),
         "num_examples": len(images),
         "settings": {
@@ -104,6 +100,17 @@ def evaluate_saliency(
         },
     }
     return result, maps
+
+
+def _focus(maps, images):
+    """Mean and std of each method's focus over the images, and the maps left out."""
+    focus = {method: foreground_focus(method_maps, images) for method, method_maps in maps.items()}
+    valid = {method: values[np.isfinite(values)] for method, values in focus.items()}
+    return {
+        "foreground_focus": {m: float(v.mean()) if v.size else None for m, v in valid.items()},
+        "foreground_focus_std": {m: float(v.std()) if v.size else None for m, v in valid.items()},
+        "num_excluded": {m: int(len(focus[m]) - v.size) for m, v in valid.items()},
+    }
 
 
 def saliency_maps(
@@ -157,6 +164,7 @@ def saliency_maps(
         smoothgrad_noise = checks.positive_float("smoothgrad_noise", smoothgrad_noise,
                                                  allow_zero=True)
     layer = _resolve_penultimate_layer(model, penultimate_layer, methods)
+    # `method(images, labels, start)`: one batch of raw maps; `start` keys the noise.
     compute = {
         "saliency": lambda x, y, start: vis_compat.vanilla(model, x, y),
         "smoothgrad": lambda x, y, start: vis_compat.smoothgrad(
@@ -167,20 +175,18 @@ def saliency_maps(
             model, x, y, layer=layer, batch_size=batch_size
         ),
     }
-    maps = {}
-    for method in methods:
-        batches = [
-            _checked(method, compute[method](images[start:stop], labels[start:stop], start),
-                     images[start:stop])
-            for start, stop in _batches(len(images), batch_size)
-        ]
-        maps[method] = _to_distribution(np.concatenate(batches))
-    return maps
+    return {method: _maps(method, compute[method], images, labels, batch_size)
+            for method in methods}
 
 
-def _batches(count, batch_size):
-    for start in range(0, count, batch_size):
-        yield start, min(start + batch_size, count)
+def _maps(method, compute, images, labels, batch_size):
+    """`compute`'s maps of all images, batch by batch, each scaled to sum 1."""
+    batches = []
+    for start in range(0, len(images), batch_size):
+        batch = slice(start, start + batch_size)
+        maps = compute(images[batch], labels[batch], start)
+        batches.append(_checked(method, maps, images[batch]))
+    return _to_distribution(np.concatenate(batches))
 
 
 def _checked(method, maps, images):

@@ -214,7 +214,9 @@ def _copy_weights(model, twin, hint):
                 )
             variable.assign(value.astype(variable.dtype.as_numpy_dtype))
         copied.add(layer.name)
-    missed = sorted(layer.name for layer in model.layers if layer.weights and layer.name not in copied)
+    missed = sorted(
+        layer.name for layer in model.layers if layer.weights and layer.name not in copied
+    )
     if missed:
         raise ValueError(
             f"The model's layers {missed} have weights but no counterpart in the tf_keras "
