@@ -20,10 +20,11 @@ from eval.cli import DeferredStderr, parse_flags_or_fail
 
 _STDERR = DeferredStderr()
 
-# TensorFlow's import noise is held back from here on, until the flags are checked.
 from absl import app, flags, logging  # noqa: E402
 
-from eval import EVALUATIONS, adversarial, figures, pruning, quality, saliency  # noqa: E402
+# Only the names here: the evaluation modules (and TensorFlow) load once the cheap
+# checks of the flags have passed, so most bad command lines fail at once.
+from eval import EVALUATIONS  # noqa: E402
 
 FLAGS = flags.FLAGS
 PROGRAM = "python -m eval"
@@ -39,15 +40,17 @@ flags.DEFINE_bool(
 flags.DEFINE_integer("batch_size", 128, "Batch size of attacks and evaluation.", lower_bound=1)
 # adversarial
 flags.DEFINE_list(
-    "attacks", list(adversarial.DEFAULT_ATTACKS), f"Attacks: {', '.join(adversarial.ATTACKS)}."
+    "attacks", None,
+    "Attacks from eval.adversarial.ATTACKS. Defaults to eval.adversarial.DEFAULT_ATTACKS.",
 )
 flags.DEFINE_list(
-    "eps", [format(eps, "g") for eps in adversarial.DEFAULT_EPS], "L-inf budgets, pixels in [0, 1]."
+    "eps", None,
+    "L-inf budgets, pixels in [0, 1]. Defaults to eval.adversarial.DEFAULT_EPS.",
 )
 flags.DEFINE_integer("pgd_steps", 10, "Steps of the iterative attacks.", lower_bound=1)
 # pruning
 flags.DEFINE_list(
-    "sparsities", [format(s, "g") for s in pruning.DEFAULT_SPARSITIES], "Target sparsities."
+    "sparsities", None, "Target sparsities. Defaults to eval.pruning.DEFAULT_SPARSITIES."
 )
 flags.DEFINE_integer("fine_tune_epochs", 1, "Fine-tuning epochs (0 = one-shot only).", lower_bound=0)
 flags.DEFINE_integer(
@@ -55,8 +58,8 @@ flags.DEFINE_integer(
 )
 # saliency
 flags.DEFINE_list(
-    "saliency_methods", list(saliency.DEFAULT_METHODS),
-    f"Saliency methods: {', '.join(saliency.METHODS)}.",
+    "saliency_methods", None,
+    "Saliency methods from eval.saliency.METHODS. Defaults to eval.saliency.DEFAULT_METHODS.",
 )
 flags.DEFINE_integer("num_images", 16, "Images for the saliency maps.", lower_bound=1)
 flags.DEFINE_integer("smoothgrad_samples", 20, "SmoothGrad samples.", lower_bound=1)
@@ -102,30 +105,46 @@ def _names(name, values, allowed):
 
 
 def settings():
-    """Validated settings, with the smoke caps applied."""
-    values = {name: FLAGS[name].value for name in (*SMOKE, "fine_tune_epochs", "batch_size")}
-    if FLAGS.smoke:
-        for name, cap in SMOKE.items():
-            if name == "sparsities":
-                values[name] = cap
-            else:  # 0 means "all", which the cap replaces too
-                values[name] = min(values[name], cap) if values[name] else cap
+    """Validated settings, with the smoke caps applied.
+
+    The checks that need no evaluation module come first; then the modules load
+    (TensorFlow with them) for their names and defaults.
+    """
     if not FLAGS.run_dir:
         raise ValueError("flag --run_dir is required: a directory written by train.py")
-    values["evals"] = _names("evals", FLAGS.evals, EVALUATIONS)
-    values["attacks"] = _names("attacks", FLAGS.attacks, adversarial.ATTACKS)
-    values["saliency_methods"] = _names(
-        "saliency_methods", FLAGS.saliency_methods, saliency.METHODS
-    )
-    values["eps"] = _floats("eps", FLAGS.eps, 0.0, 1.0)
-    values["sparsities"] = _floats("sparsities", values["sparsities"], 0.0, 0.999)
     run_dir = pathlib.Path(FLAGS.run_dir)
     for name in ("config.json", "model.keras"):
         if not (run_dir / name).is_file():
             raise ValueError(
                 f"flag --run_dir={run_dir}: no {name} there; pass a finished run of train.py"
             )
+    names = (*SMOKE, "fine_tune_epochs", "batch_size", "eps", "attacks", "saliency_methods")
+    values = {name: FLAGS[name].value for name in names}
+    if FLAGS.smoke:
+        for name, cap in SMOKE.items():
+            if name == "sparsities":
+                values[name] = cap
+            else:  # 0 means "all", which the cap replaces too
+                values[name] = min(values[name], cap) if values[name] else cap
     values["run_dir"] = run_dir
+    values["evals"] = _names("evals", FLAGS.evals, EVALUATIONS)
+    for name, high in (("eps", 1.0), ("sparsities", 0.999)):
+        if values[name] is not None:
+            values[name] = _floats(name, values[name], 0.0, high)
+    from eval import adversarial, pruning, saliency
+
+    for name, default in (
+        ("eps", adversarial.DEFAULT_EPS),
+        ("sparsities", pruning.DEFAULT_SPARSITIES),
+        ("attacks", adversarial.DEFAULT_ATTACKS),
+        ("saliency_methods", saliency.DEFAULT_METHODS),
+    ):
+        if values[name] is None:
+            values[name] = list(default)
+    values["attacks"] = _names("attacks", values["attacks"], adversarial.ATTACKS)
+    values["saliency_methods"] = _names(
+        "saliency_methods", values["saliency_methods"], saliency.METHODS
+    )
     return values
 
 
@@ -136,6 +155,7 @@ def fine_tune_options(config, options):
     ... for each `gradmask_tf.ops.MaskConfig` field), a tenth of its learning rate,
     and this command's `--fine_tune_*`.
     """
+    from eval import pruning
     from gradmask_tf import ops
 
     names = [field.name for field in dataclasses.fields(ops.MaskConfig)]
@@ -153,6 +173,8 @@ def fine_tune_options(config, options):
 
 
 def _adversarial(run, options):
+    from eval import adversarial, figures
+
     result = adversarial.evaluate_adversarial(
         run.model, run.test_data, attacks=options["attacks"], eps=options["eps"],
         pgd_steps=options["pgd_steps"], batch_size=options["batch_size"], seed=run.config["seed"],
@@ -161,6 +183,8 @@ def _adversarial(run, options):
 
 
 def _pruning(run, options):
+    from eval import figures, pruning
+
     fine_tune = train_data = None
     if options["fine_tune_epochs"]:
         fine_tune = fine_tune_options(run.config, options)
@@ -176,6 +200,8 @@ def _pruning(run, options):
 
 
 def _saliency(run, options):
+    from eval import figures, saliency
+
     result, maps = saliency.evaluate_saliency(
         run.model, run.test_data, methods=options["saliency_methods"],
         smoothgrad_samples=options["smoothgrad_samples"], num_images=options["num_images"],
@@ -188,6 +214,7 @@ def _saliency(run, options):
 
 
 def _quality(run, options):
+    from eval import figures, quality
     from gradmask_tf import data, runs
 
     probe = data.as_numpy(run.split("train", max_examples=options["probe_examples"]))
@@ -237,6 +264,7 @@ def main(argv):
     except ValueError as error:
         _STDERR.fail(PROGRAM, error)
     _STDERR.release()
+    from eval import figures
     from gradmask_tf import runs
 
     for index, name in enumerate(options["evals"], start=1):
