@@ -72,12 +72,13 @@ def _figure(width, height):
 
 
 def _runs(results, labels, default_label):
-    """`(results, labels)` as lists, one label per result."""
+    """`(results, labels)` as lists; `default_label(index, result, count)` fills in labels."""
     results = [results] if isinstance(results, dict) else list(results)
     if not results:
         raise invalid("results", "at least one result", results)
     if labels is None:
-        labels = [default_label(index, result) for index, result in enumerate(results)]
+        count = len(results)
+        labels = [default_label(index, result, count) for index, result in enumerate(results)]
     labels = list(labels)
     if len(labels) != len(results):
         raise invalid("labels", f"one label per result ({len(results)})", labels)
@@ -111,7 +112,7 @@ def plot_adversarial(results, labels=None, title=None):
       ValueError: If `results` is empty or `labels` does not match it.
     """
     runs, labels = _runs(
-        results, labels, lambda index, _: None if isinstance(results, dict) else f"run {index + 1}"
+        results, labels, lambda index, _, count: None if count == 1 else f"run {index + 1}"
     )
     several = len(runs) > 1
     figure = _figure(8.0 if several else 6.4, 4.4)
@@ -197,7 +198,9 @@ def plot_pruning(results, labels=None, title=None):
     """
     results, labels = _runs(
         results, labels,
-        lambda index, result: str(result.get("settings", {}).get("mask_rule", f"run {index + 1}")),
+        lambda index, result, _: str(
+            result.get("settings", {}).get("mask_rule", f"run {index + 1}")
+        ),
     )
     single = len(results) == 1
     figure = _figure(6.4 if single else 8.4, 4.4)
@@ -450,7 +453,7 @@ def plot_quality(results, labels=None, title=None):
     Returns:
       The `Figure`.
     """
-    results, labels = _runs(results, labels, lambda index, _: "model")
+    results, labels = _runs(results, labels, lambda *_: "model")
     has_curve = any("training_curve" in result for result in results)
     figure = _figure(12 if has_curve else 7, 4.2)
     bars, *curve_axes = figure.subplots(1, 2 if has_curve else 1, squeeze=False)[0]

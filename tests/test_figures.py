@@ -79,6 +79,9 @@ def test_adversarial_one_run_has_one_line_per_attack_from_the_clean_accuracy():
         assert list(lines[name].get_xdata()) == [0.0, 0.1, 0.2]
         assert lines[name].get_ydata()[0] == 0.9
     assert lines["FGSM"].get_linestyle() != lines["PGD-10"].get_linestyle()
+    # A list of one result is one run too.
+    listed = figures.plot_adversarial([adversarial_result(0.9)])
+    assert set(lines_by_label(listed.axes[0])) == set(lines)
 
 
 def test_adversarial_overlay_has_a_colour_per_run_and_a_key_for_each():
