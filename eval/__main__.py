@@ -4,13 +4,17 @@ r"""Evaluates a trained run: adversarial attacks, pruning, saliency, gradient qu
   python -m eval --run_dir=RUN --evals=adversarial,saliency --max_examples=500
 
 Loads the run's `model.keras` and `config.json`, uses the run's dataset, evaluates on
-the first N test examples in the dataset's order, and writes `RUN/eval/<name>.json`
-and `RUN/eval/<name>.png` for each evaluation. Every JSON records its settings.
+the first N test examples in the dataset's order, and for each evaluation writes
+`RUN/eval/<name>.json` (the evaluator's result, the run and the time taken) and
+`RUN/eval/<name>.png` (its figure from `eval.figures`); saliency also writes
+`RUN/eval/saliency_maps.npz`, which `eval.compare` draws beside other runs'.
 """
 
+import dataclasses
 import pathlib
 import sys
 import time
+import types
 
 from eval.cli import DeferredStderr, parse_flags_or_fail
 
@@ -18,11 +22,12 @@ _STDERR = DeferredStderr()
 
 from absl import app, flags, logging  # noqa: E402
 
+# Only the names here: the evaluation modules (and TensorFlow) load once the cheap
+# checks of the flags have passed, so most bad command lines fail at once.
+from eval import EVALUATIONS  # noqa: E402
+
 FLAGS = flags.FLAGS
 PROGRAM = "python -m eval"
-EVALUATIONS = ("adversarial", "pruning", "saliency", "quality")
-ATTACKS = ("fgsm", "pgd", "bim", "mim")
-SALIENCY_METHODS = ("saliency", "smoothgrad", "gradcam++", "scorecam")
 
 flags.DEFINE_string("run_dir", None, "Run directory written by train.py.")
 flags.DEFINE_list("evals", list(EVALUATIONS), f"Evaluations: {', '.join(EVALUATIONS)}.")
@@ -34,12 +39,18 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_integer("batch_size", 128, "Batch size of attacks and evaluation.", lower_bound=1)
 # adversarial
-flags.DEFINE_list("attacks", ["fgsm", "pgd"], f"Attacks: {', '.join(ATTACKS)}.")
-flags.DEFINE_list("eps", ["0.01", "0.03", "0.05", "0.1"], "L-inf budgets, pixels in [0, 1].")
+flags.DEFINE_list(
+    "attacks", None,
+    "Attacks from eval.adversarial.ATTACKS. Defaults to eval.adversarial.DEFAULT_ATTACKS.",
+)
+flags.DEFINE_list(
+    "eps", None,
+    "L-inf budgets, pixels in [0, 1]. Defaults to eval.adversarial.DEFAULT_EPS.",
+)
 flags.DEFINE_integer("pgd_steps", 10, "Steps of the iterative attacks.", lower_bound=1)
 # pruning
 flags.DEFINE_list(
-    "sparsities", ["0.3", "0.5", "0.7", "0.8", "0.9", "0.95"], "Target sparsities."
+    "sparsities", None, "Target sparsities. Defaults to eval.pruning.DEFAULT_SPARSITIES."
 )
 flags.DEFINE_integer("fine_tune_epochs", 1, "Fine-tuning epochs (0 = one-shot only).", lower_bound=0)
 flags.DEFINE_integer(
@@ -47,7 +58,8 @@ flags.DEFINE_integer(
 )
 # saliency
 flags.DEFINE_list(
-    "saliency_methods", ["saliency", "smoothgrad", "gradcam++"], "Saliency methods."
+    "saliency_methods", None,
+    "Saliency methods from eval.saliency.METHODS. Defaults to eval.saliency.DEFAULT_METHODS.",
 )
 flags.DEFINE_integer("num_images", 16, "Images for the saliency maps.", lower_bound=1)
 flags.DEFINE_integer("smoothgrad_samples", 20, "SmoothGrad samples.", lower_bound=1)
@@ -93,29 +105,153 @@ def _names(name, values, allowed):
 
 
 def settings():
-    """Validated settings, with the smoke caps applied."""
-    values = {name: FLAGS[name].value for name in (*SMOKE, "fine_tune_epochs", "batch_size")}
-    if FLAGS.smoke:
-        for name, cap in SMOKE.items():
-            if name == "sparsities":
-                values[name] = cap
-            else:  # 0 means "all", which the cap replaces too
-                values[name] = min(values[name], cap) if values[name] else cap
+    """Validated settings, with the smoke caps applied.
+
+    The checks that need no evaluation module come first; then the modules load
+    (TensorFlow with them) for their names and defaults.
+    """
     if not FLAGS.run_dir:
         raise ValueError("flag --run_dir is required: a directory written by train.py")
-    values["evals"] = _names("evals", FLAGS.evals, EVALUATIONS)
-    values["attacks"] = _names("attacks", FLAGS.attacks, ATTACKS)
-    values["saliency_methods"] = _names("saliency_methods", FLAGS.saliency_methods, SALIENCY_METHODS)
-    values["eps"] = _floats("eps", FLAGS.eps, 0.0, 1.0)
-    values["sparsities"] = _floats("sparsities", values["sparsities"], 0.0, 0.999)
     run_dir = pathlib.Path(FLAGS.run_dir)
     for name in ("config.json", "model.keras"):
         if not (run_dir / name).is_file():
             raise ValueError(
                 f"flag --run_dir={run_dir}: no {name} there; pass a finished run of train.py"
             )
+    names = (*SMOKE, "fine_tune_epochs", "batch_size", "eps", "attacks", "saliency_methods")
+    values = {name: FLAGS[name].value for name in names}
+    if FLAGS.smoke:
+        for name, cap in SMOKE.items():
+            if name == "sparsities":
+                values[name] = cap
+            else:  # 0 means "all", which the cap replaces too
+                values[name] = min(values[name], cap) if values[name] else cap
     values["run_dir"] = run_dir
+    values["evals"] = _names("evals", FLAGS.evals, EVALUATIONS)
+    for name, high in (("eps", 1.0), ("sparsities", 0.999)):
+        if values[name] is not None:
+            values[name] = _floats(name, values[name], 0.0, high)
+    from eval import adversarial, pruning, saliency
+
+    for name, default in (
+        ("eps", adversarial.DEFAULT_EPS),
+        ("sparsities", pruning.DEFAULT_SPARSITIES),
+        ("attacks", adversarial.DEFAULT_ATTACKS),
+        ("saliency_methods", saliency.DEFAULT_METHODS),
+    ):
+        if values[name] is None:
+            values[name] = list(default)
+    values["attacks"] = _names("attacks", values["attacks"], adversarial.ATTACKS)
+    values["saliency_methods"] = _names(
+        "saliency_methods", values["saliency_methods"], saliency.METHODS
+    )
     return values
+
+
+def fine_tune_options(config, options):
+    """The pruning fine-tune as the run trained: its `config.json` flags translated.
+
+    The run's optimizer, batch size, seed and mask flags (`mask_rule`, `mask_scope`,
+    ... for each `gradmask_tf.ops.MaskConfig` field), a tenth of its learning rate,
+    and this command's `--fine_tune_*`.
+    """
+    from eval import pruning
+    from gradmask_tf import ops
+
+    names = [field.name for field in dataclasses.fields(ops.MaskConfig)]
+    mask_fields = {name: config[f"mask_{name}"] for name in names if f"mask_{name}" in config}
+    mask_fields.setdefault("seed", config.get("seed"))
+    return pruning.FineTune(
+        optimizer=config["optimizer"],
+        learning_rate=config["learning_rate"] / 10,
+        batch_size=config["batch_size"],
+        epochs=options["fine_tune_epochs"],
+        num_examples=options["fine_tune_examples"] or None,
+        mask_config=ops.MaskConfig(**mask_fields),
+        seed=config.get("seed"),
+    )
+
+
+def _adversarial(run, options):
+    from eval import adversarial, figures
+
+    result = adversarial.evaluate_adversarial(
+        run.model, run.test_data, attacks=options["attacks"], eps=options["eps"],
+        pgd_steps=options["pgd_steps"], batch_size=options["batch_size"], seed=run.config["seed"],
+    )
+    return result, figures.plot_adversarial(result, title=run.title)
+
+
+def _pruning(run, options):
+    from eval import figures, pruning
+
+    fine_tune = train_data = None
+    if options["fine_tune_epochs"]:
+        fine_tune = fine_tune_options(run.config, options)
+        train_data = run.split(
+            "train", max_examples=fine_tune.num_examples, shuffle=True, seed=run.config["seed"]
+        )
+    result = pruning.evaluate_pruning(
+        run.model, run.test_data, architecture=run.config["model"], dataset=run.config["dataset"],
+        sparsities=options["sparsities"], fine_tune=fine_tune, train_data=train_data,
+        batch_size=options["batch_size"],
+    )
+    return result, figures.plot_pruning(result, title=run.title)
+
+
+def _saliency(run, options):
+    from eval import figures, saliency
+
+    result, maps = saliency.evaluate_saliency(
+        run.model, run.test_data, methods=options["saliency_methods"],
+        smoothgrad_samples=options["smoothgrad_samples"], num_images=options["num_images"],
+        seed=run.config["seed"],
+    )
+    images, labels = (array[: result["num_examples"]] for array in run.test_data)
+    saliency.save_maps(run.output / "saliency_maps.npz", images, labels, maps)
+    row_labels = [f"label {int(label)}" for label in labels]
+    return result, figures.plot_saliency(images, maps, title=run.title, row_labels=row_labels)
+
+
+def _quality(run, options):
+    from eval import figures, quality
+    from gradmask_tf import data, runs
+
+    probe = data.as_numpy(run.split("train", max_examples=options["probe_examples"]))
+    result = quality.evaluate_quality(
+        run.model, probe, num_micro_batches=options["micro_batches"],
+        history=runs.read_history(run.dir),
+    )
+    return result, figures.plot_quality(result, title=run.title)
+
+
+EVALUATORS = {"adversarial": _adversarial, "pruning": _pruning, "saliency": _saliency,
+              "quality": _quality}
+
+
+def load_run(run_dir, max_examples):
+    """The run's model, config and first test examples; a loader of its splits."""
+    import keras
+
+    import gradmask_tf  # noqa: F401  (registers the layers for loading)
+    from gradmask_tf import data, runs
+
+    config = runs.read_json(run_dir / runs.CONFIG)["flags"]
+
+    def split(name, **load_options):
+        """The run's dataset split, in its original order unless shuffled."""
+        return data.load(config["dataset"], name, data_dir=config.get("data_dir"), **load_options)
+
+    return types.SimpleNamespace(
+        dir=run_dir,
+        output=run_dir / "eval",
+        config=config,
+        split=split,
+        test_data=data.as_numpy(split("test", max_examples=max_examples or None)),
+        model=keras.models.load_model(run_dir / runs.MODEL),
+        title=(f"{config['dataset']} · {config['model']} · mask {config['mask_rule']} · "
+               f"seed {config['seed']}"),
+    )
 
 
 def main(argv):
@@ -124,104 +260,23 @@ def main(argv):
         _STDERR.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         options = settings()
-    except ValueError as error:
-        _STDERR.fail(PROGRAM, error)
-
-    import keras
-
-    import gradmask_tf  # noqa: F401  (registers the layers for loading)
-    from gradmask_tf import data, runs
-
-    # Imported before pruning runs: TF-MOT's import changes what `tf.keras` means
-    # for libraries imported after it (tf-keras-vis among them).
-    from eval import adversarial, pruning, quality, saliency
-
-    run_dir = options["run_dir"]
-    config = runs.read_json(run_dir / runs.CONFIG)["flags"]
-
-    def split(name, **load_options):
-        """The run's dataset split, in its original order unless shuffled."""
-        return data.load(config["dataset"], name, data_dir=config.get("data_dir"), **load_options)
-
-    try:
-        test_data = data.as_numpy(split("test", max_examples=options["max_examples"] or None))
-        model = keras.models.load_model(run_dir / runs.MODEL)
+        run = load_run(options["run_dir"], options["max_examples"])
     except ValueError as error:
         _STDERR.fail(PROGRAM, error)
     _STDERR.release()
+    from eval import figures
+    from gradmask_tf import runs
 
-    title = (
-        f"{config['dataset']} · {config['model']} · mask {config['mask_rule']} · "
-        f"seed {config['seed']}"
-    )
-    output = run_dir / "eval"
-    evaluations = {
-        "adversarial": lambda: adversarial.evaluate_adversarial(
-            model,
-            test_data,
-            attacks=options["attacks"],
-            eps=options["eps"],
-            pgd_steps=options["pgd_steps"],
-            batch_size=options["batch_size"],
-            seed=config["seed"],
-            figure_path=output / "adversarial.png",
-            title=title,
-        ),
-        "pruning": lambda: pruning.evaluate_pruning(
-            model,
-            test_data,
-            run_config=config,
-            train_data=(
-                split(
-                    "train",
-                    max_examples=options["fine_tune_examples"] or None,
-                    shuffle=True,
-                    seed=config["seed"],
-                )
-                if options["fine_tune_epochs"]
-                else None
-            ),
-            sparsities=options["sparsities"],
-            fine_tune_epochs=options["fine_tune_epochs"],
-            fine_tune_examples=options["fine_tune_examples"] or None,
-            batch_size=config["batch_size"],
-            figure_path=output / "pruning.png",
-            title=title,
-        ),
-        "saliency": lambda: saliency.evaluate_saliency(
-            model,
-            test_data,
-            methods=options["saliency_methods"],
-            smoothgrad_samples=options["smoothgrad_samples"],
-            num_images=options["num_images"],
-            seed=config["seed"],
-            figure_path=output / "saliency.png",
-            maps_path=output / "saliency_maps.npz",
-            title=title,
-        ),
-        "quality": lambda: quality.evaluate_quality(
-            model,
-            data.as_numpy(split("train", max_examples=options["probe_examples"])),
-            num_micro_batches=options["micro_batches"],
-            history=runs.read_history(run_dir),
-            figure_path=output / "quality.png",
-            title=title,
-        ),
-    }
     for index, name in enumerate(options["evals"], start=1):
-        print(f"[{index}/{len(options['evals'])}] {name} on {run_dir}")
+        print(f"[{index}/{len(options['evals'])}] {name} on {run.dir}")
         start = time.perf_counter()
-        result = evaluations[name]()
-        result["run"] = {
-            "run_dir": str(run_dir),
-            "mask_rule": config["mask_rule"],
-            "seed": config["seed"],
-            "model": config["model"],
-            "dataset": config["dataset"],
-        }
+        result, figure = EVALUATORS[name](run, options)
+        result["run"] = {key: run.config[key] for key in ("mask_rule", "seed", "model", "dataset")}
+        result["run"]["run_dir"] = str(run.dir)
         result["seconds"] = time.perf_counter() - start
-        runs.atomic_write_json(output / f"{name}.json", result)
-        print(f"    wrote {output / name}.json and .png ({result['seconds']:.0f}s)")
+        runs.atomic_write_json(run.output / f"{name}.json", result)
+        figures.save(figure, run.output / f"{name}.png")
+        print(f"    wrote {run.output / name}.json and .png ({result['seconds']:.0f}s)")
     return 0
 
 

@@ -17,10 +17,6 @@ import sys
 
 import numpy as np
 
-from eval.cli import DeferredStderr, parse_flags_or_fail
-
-_STDERR = DeferredStderr() if __name__ == "__main__" else None
-
 PROGRAM = "python -m eval.compare"
 BASELINE = "none"
 CONTROL = "random"
@@ -245,80 +241,93 @@ def _mean_curve(members, key):
 
 
 def _figures(runs, groups, output_dir):
-    from eval import adversarial, figures, pruning, saliency
+    """Writes the overlay figures; returns `[(file name, caption)]`."""
+    from eval import figures
 
-    written = []
     first = {label: members[0] for label, members in groups.items()}
-    with_adversarial = {l: r for l, r in first.items() if "adversarial" in r.evals}
-    if with_adversarial:
-        adversarial.plot_adversarial(
-            [r.evals["adversarial"] for r in with_adversarial.values()],
-            output_dir / "adversarial.png",
-            labels=list(with_adversarial),
-            title="Accuracy under attack (first seed of each configuration)",
-        )
-        written.append(("adversarial.png", "Accuracy vs ε, one colour per configuration"))
-    with_pruning = {l: r for l, r in first.items() if "pruning" in r.evals}
-    if with_pruning:
-        pruning.plot_pruning(
-            [r.evals["pruning"] for r in with_pruning.values()],
-            output_dir / "pruning.png",
-            labels=list(with_pruning),
-            title="Accuracy after pruning (first seed of each configuration)",
-        )
-        written.append(("pruning.png", "Accuracy vs sparsity, one colour per configuration"))
+    drawn = []
+    for name, plot, title, caption in (
+        ("adversarial", figures.plot_adversarial,
+         "Accuracy under attack (first seed of each configuration)",
+         "Accuracy vs ε, one colour per configuration"),
+        ("pruning", figures.plot_pruning,
+         "Accuracy after pruning (first seed of each configuration)",
+         "Accuracy vs sparsity, one colour per configuration"),
+    ):
+        evaluated = {label: run.evals[name] for label, run in first.items() if name in run.evals}
+        if evaluated:
+            figure = plot(list(evaluated.values()), labels=list(evaluated), title=title)
+            drawn.append((f"{name}.png", figure, caption))
     curves = {label: _mean_curve(members, "gsnr") for label, members in groups.items()}
     if any(curves.values()):
-        plt = figures.pyplot()
-        fig, axis = plt.subplots(figsize=(7, 4.2))
-        for label, curve in curves.items():
-            if curve:
-                axis.plot(
-                    [epoch for epoch, _ in curve],
-                    [np.mean(values) for _, values in curve],
-                    marker="o",
-                    label=label,
-                )
-        axis.set_xlabel("epoch")
-        axis.set_ylabel("GSNR (whole model, probe batch)")
-        axis.set_yscale("log")
-        axis.set_title("Gradient quality during training (mean over seeds)")
-        axis.legend()
-        fig.tight_layout()
-        figures.save(fig, output_dir / "gsnr.png")
-        written.append(("gsnr.png", "GSNR over training, mean over seeds"))
-    maps = {}
-    for label, run in first.items():
-        path = run.path / "eval" / "saliency_maps.npz"
-        if path.is_file():
-            maps[label] = np.load(path)
-    if maps:
-        saliency.plot_comparison(maps, output_dir / "saliency.png")
-        written.append(("saliency.png", "Saliency maps of the same test images, side by side"))
-    return written
+        curves = {label: [(epoch, np.mean(values)) for epoch, values in curve]
+                  for label, curve in curves.items()}
+        drawn.append(("gsnr.png", figures.plot_gsnr_over_training(curves),
+                      "GSNR over training, mean over seeds"))
+    maps_files = {label: run.path / "eval" / "saliency_maps.npz" for label, run in first.items()}
+    saved = {label: np.load(path) for label, path in maps_files.items() if path.is_file()}
+    if saved:
+        drawn.append(("saliency.png", figures.plot_saliency_comparison(saved),
+                      "Saliency maps of the same test images, side by side"))
+    for name, figure, _ in drawn:
+        figures.save(figure, output_dir / name)
+    return [(name, caption) for name, _, caption in drawn]
 
 
-def main(argv=None):
-    from absl import app, flags
+class _OneLineErrors:
+    """`DeferredStderr`'s interface for a caller in Python: nothing is held back."""
 
-    flags.DEFINE_string("output_dir", None, "Where to write report.md and the figures.")
-    FLAGS = flags.FLAGS
+    def release(self, replay=True):
+        pass
 
-    def run_main(argv):
-        if not FLAGS.output_dir:
-            _STDERR.fail(PROGRAM, "flag --output_dir is required")
-        if len(argv) < 2:
-            _STDERR.fail(PROGRAM, "give at least one run directory: python -m eval.compare RUN [RUN ...]")
-        try:
-            loaded = [load_run(path) for path in argv[1:]]
-        except ValueError as error:
-            _STDERR.fail(PROGRAM, error)
-        _STDERR.release()
-        report(loaded, FLAGS.output_dir)
-        print(f"Wrote {pathlib.Path(FLAGS.output_dir) / 'report.md'} ({len(loaded)} runs)")
+    def fail(self, program, message):
+        sys.stderr.write(f"{program}: error: {' '.join(str(message).split())}\n")
+        sys.exit(2)
 
-    app.run(run_main, argv=argv, flags_parser=lambda a: parse_flags_or_fail(FLAGS, a, _STDERR, PROGRAM))
+
+def main(argv=None, *, stderr=None):
+    """`python -m eval.compare RUN [RUN ...] --output_dir=DIR`; returns 0.
+
+    Args:
+      argv: The program name and its arguments. Defaults to None (`sys.argv`).
+      stderr: A `eval.cli.DeferredStderr` holding back native output, or None to
+        write errors directly. Defaults to None.
+
+    Raises:
+      SystemExit: With status 2 after one line on stderr, on a bad argument or run.
+    """
+    from absl import flags
+
+    from eval.cli import parse_flags_or_fail
+
+    stderr = stderr or _OneLineErrors()
+    flag_values = flags.FlagValues()
+    flags.DEFINE_string("output_dir", None, "Where to write report.md and the figures.",
+                        flag_values=flag_values)
+    flags.DEFINE_bool("help", False, "Show this help.", flag_values=flag_values)
+    paths = parse_flags_or_fail(flag_values, list(sys.argv if argv is None else argv), stderr,
+                                PROGRAM)[1:]
+    if flag_values.help:
+        stderr.release()
+        print(__doc__.strip(), flag_values.get_help(), sep="\n\n")
+        return 0
+    if not flag_values.output_dir:
+        stderr.fail(PROGRAM, "flag --output_dir is required")
+    if not paths:
+        stderr.fail(
+            PROGRAM, "give at least one run directory: python -m eval.compare RUN [RUN ...]"
+        )
+    try:
+        loaded = [load_run(path) for path in paths]
+    except ValueError as error:
+        stderr.fail(PROGRAM, error)
+    stderr.release()
+    report(loaded, flag_values.output_dir)
+    print(f"Wrote {pathlib.Path(flag_values.output_dir) / 'report.md'} ({len(loaded)} runs)")
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    from eval.cli import DeferredStderr
+
+    sys.exit(main(sys.argv, stderr=DeferredStderr()))

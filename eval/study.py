@@ -26,11 +26,13 @@ _STDERR = DeferredStderr()
 
 from absl import app, flags, logging  # noqa: E402
 
+from eval import EVALUATIONS  # noqa: E402
+from gradmask_tf.ops import RULES  # noqa: E402
+from gradmask_tf.training import KEPT_FRACTION_PREFIX  # noqa: E402
+
 FLAGS = flags.FLAGS
 PROGRAM = "python -m eval.study"
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-RULES = ("none", "mean", "local", "topk", "lateral", "random")
-EVALUATIONS = ("adversarial", "pruning", "saliency", "quality")
 
 flags.DEFINE_bool("quick", False, "1 seed, 2 epochs, 10,000 training examples, small evaluations.")
 flags.DEFINE_string("output_dir", None, "Study directory. Defaults to studies/<dataset>-<model>[-quick].")
@@ -97,7 +99,7 @@ def measured_kept_fraction(run_dirs):
     values = []
     for run_dir in run_dirs:
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        values += [v for k, v in metrics.items() if k.startswith("kept_fraction/")]
+        values += [v for k, v in metrics.items() if k.startswith(KEPT_FRACTION_PREFIX)]
     if not values:
         raise RuntimeError("the mean runs recorded no kept fraction")
     return float(sum(values) / len(values))

@@ -4,9 +4,8 @@ import json
 
 import pytest
 
+from eval import EVALUATIONS, compare
 from tests.helpers import TRAIN, finish, run_all, start
-
-EVAL_FILES = ("adversarial", "pruning", "saliency", "quality")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +35,7 @@ def test_eval_writes_every_evaluation_with_its_settings(evaluated_runs):
     runs, evaluated = evaluated_runs
     for (rule, run_dir), result in zip(runs.items(), evaluated):
         assert result.returncode == 0, result.stderr[-3000:]
-        for name in EVAL_FILES:
+        for name in EVALUATIONS:
             payload = json.loads((run_dir / "eval" / f"{name}.json").read_text())
             assert (run_dir / "eval" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             assert payload["run"]["mask_rule"] == rule
@@ -47,6 +46,13 @@ def test_eval_writes_every_evaluation_with_its_settings(evaluated_runs):
         assert "exact" in json.dumps(adversarial["settings"])
         pruning = json.loads((run_dir / "eval" / "pruning.json").read_text())
         assert set(pruning["one_shot"]) == {"0.5", "0.9"} and pruning["fine_tuned"]
+        # The fine-tune as the run trained: config.json's flags translated.
+        flags = json.loads((run_dir / "config.json").read_text())["flags"]
+        settings = pruning["settings"]
+        assert settings["learning_rate"] == pytest.approx(flags["learning_rate"] / 10)
+        assert settings["fine_tune_batch_size"] == flags["batch_size"] == 16
+        assert settings["optimizer"] == flags["optimizer"]
+        assert settings["mask_rule"] == rule and settings["model"] == flags["model"]
         saliency = json.loads((run_dir / "eval" / "saliency.json").read_text())
         # Saliency ran after pruning in the same process (TF-MOT's import trap).
         assert all(0 <= f <= 1 for f in saliency["foreground_focus"].values())
@@ -69,6 +75,21 @@ def test_compare_reports_two_runs(evaluated_runs, tmp_path):
     for figure in ("adversarial.png", "pruning.png", "gsnr.png", "saliency.png"):
         assert (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"
         assert f"]({figure})" in report
+
+
+def test_compare_runs_when_called_from_python(evaluated_runs, tmp_path, capsys):
+    runs, _ = evaluated_runs
+    argv = ["compare", *map(str, runs.values()), f"--output_dir={tmp_path}"]
+    assert compare.main(argv) == 0
+    assert "| metric | none | mean |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "saliency.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(["compare", str(runs["mean"])])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "python -m eval.compare: error: flag --output_dir is required"
+    )
 
 
 def test_eval_rejects_bad_input_in_one_line(tmp_path, evaluated_runs):

@@ -10,24 +10,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from eval import pruning
+from eval import pruning, tfmot_compat
 from gradmask_tf import build_model, mask_layers, ops
 from tests.reference import reference_mask
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-RUN_CONFIG = {
-    "model": "cnn",
-    "dataset": "fashion_mnist",
-    "mask_rule": "mean",
-    "mask_scope": "spatial",
-    "mask_alpha": 1.0,
-    "mask_start_epoch": 0,
-    "seed": 0,
-    "batch_size": 16,
-    "learning_rate": 1e-3,
-    "optimizer": "adam",
-}
+DATASET = "fashion_mnist"
+MASK_CONFIG = ops.MaskConfig(rule="mean", scope="spatial", alpha=1.0, seed=0)
+FINE_TUNE = pruning.FineTune(
+    optimizer="adam", learning_rate=1e-4, batch_size=16, epochs=1, num_examples=32,
+    mask_config=MASK_CONFIG, seed=0,
+)
 
 
 def randomize(model, seed):
@@ -69,13 +62,13 @@ def labels():
     return np.random.default_rng(2).integers(0, 10, 24)
 
 
+def fresh_twin(model, **options):
+    return tfmot_compat.build_twin(model, "cnn", dataset=DATASET, **options)
+
+
 @pytest.fixture(scope="module")
 def twin(cnn):
-    return pruning.build_twin(cnn, RUN_CONFIG)
-
-
-def fresh_twin(model):
-    return pruning.build_twin(model, RUN_CONFIG)
+    return fresh_twin(cnn, mask_config=MASK_CONFIG)
 
 
 def layer_values(model, names):
@@ -84,7 +77,7 @@ def layer_values(model, names):
 
 def test_twin_predicts_what_the_model_does(cnn, twin, images):
     expected = cnn.predict(images, verbose=0)
-    actual = pruning.verify_twin(cnn, twin, images, batch_size=10)
+    actual = tfmot_compat.verify_twin(cnn, twin, images, batch_size=10)
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
     assert [layer.name for layer in twin.layers] == [layer.name for layer in cnn.layers]
     for name in ("conv1", "conv2", "dense1", "logits"):
@@ -96,20 +89,20 @@ def test_a_broken_twin_fails_loudly(cnn, images):
     broken = fresh_twin(cnn)
     broken.get_layer("conv2").bias[3].assign(broken.get_layer("conv2").bias[3] + 1.0)
     with pytest.raises(RuntimeError, match=r"Weights that differ: conv2/bias\."):
-        pruning.verify_twin(cnn, broken, images)
+        tfmot_compat.verify_twin(cnn, broken, images)
     # Other normalization statistics: no weight differs, the layer's output does.
-    other = pruning.build_twin(cnn, {**RUN_CONFIG, "dataset": "mnist"})
+    other = tfmot_compat.build_twin(cnn, "cnn", dataset="mnist")
     with pytest.raises(RuntimeError, match=r"Weights that differ: none\. .*: normalization"):
-        pruning.verify_twin(cnn, other, images)
+        tfmot_compat.verify_twin(cnn, other, images)
 
 
 def test_a_model_of_another_architecture_or_rule_is_refused(cnn):
-    with pytest.raises(ValueError, match="mask_rule='topk'"):
-        pruning.build_twin(cnn, {**RUN_CONFIG, "mask_rule": "topk"})
-    with pytest.raises(ValueError, match="run_config\\['model'\\]='vgg'"):
-        pruning.build_twin(cnn, {**RUN_CONFIG, "model": "vgg"})
+    with pytest.raises(ValueError, match="mask_config.rule='topk'"):
+        fresh_twin(cnn, mask_config=ops.MaskConfig(rule="topk"))
+    with pytest.raises(ValueError, match="architecture='vgg'"):
+        tfmot_compat.build_twin(cnn, "vgg", dataset=DATASET)
     with pytest.raises(ValueError, match="build_graph can also build with tf_keras"):
-        pruning.build_twin(cnn, {**RUN_CONFIG, "model": "keras.applications.ResNet50"})
+        tfmot_compat.build_twin(cnn, "keras.applications.ResNet50")
 
 
 @pytest.mark.parametrize("target", [0.3, 0.5, 0.8, 0.95])
@@ -139,9 +132,10 @@ def test_one_shot_zeroes_the_smallest_kernel_entries_and_nothing_else():
         build_model("resnet20", input_shape=(8, 8, 3), num_classes=4, mask_rule="mean"),
         seed=3,
     )
-    run_config = {**RUN_CONFIG, "model": "resnet20", "dataset": None}
-    twin = pruning.build_twin(model, run_config)
-    pruning.verify_twin(model, twin, np.random.default_rng(4).random((4, 8, 8, 3), "float32"))
+    twin = tfmot_compat.build_twin(model, "resnet20")
+    tfmot_compat.verify_twin(
+        model, twin, np.random.default_rng(4).random((4, 8, 8, 3), "float32")
+    )
     prunable = pruning.prunable_layer_names(twin)
     before = layer_values(twin, [layer.name for layer in twin.layers if layer.weights])
     stripped = pruning.strip(pruning.prune_one_shot(twin, 0.6))
@@ -160,7 +154,7 @@ def test_one_shot_zeroes_the_smallest_kernel_entries_and_nothing_else():
 
 
 def test_the_twin_masks_gradients_with_the_run_rule_only_in_training(cnn, twin):
-    legacy = pruning.legacy_keras()
+    legacy = tfmot_compat.legacy_keras()
     trained = {layer.name: layer.mask_config for layer in mask_layers(cnn)}
     twins = {
         layer.name: layer.mask_config
@@ -189,7 +183,9 @@ def test_the_twin_masks_gradients_with_the_run_rule_only_in_training(cnn, twin):
 def test_the_random_rule_draws_a_new_mask_each_training_step():
     model = build_model("cnn", input_shape=(28, 28, 1), num_classes=10,
                         mask_rule="random", keep_fraction=0.5, seed=7)
-    twin = pruning.build_twin(model, {**RUN_CONFIG, "mask_rule": "random"})
+    twin = tfmot_compat.build_twin(
+        model, "cnn", mask_config=ops.MaskConfig(rule="random", keep_fraction=0.5, seed=7)
+    )
     layer = twin.get_layer("mask2")
     assert layer.mask_config == model.get_layer("mask2").mask_config
     x = tf.ones((2, 6, 6, 8))
@@ -211,7 +207,7 @@ def test_the_fine_tune_reaches_its_target_at_the_last_mask_update():
     assert pruning.fine_tune_schedule(1000) == (100, 1000)
 
 
-def test_evaluate_pruning_result_and_figure(cnn, images, labels, tmp_path, monkeypatch):
+def test_evaluate_pruning_result(cnn, images, labels, monkeypatch):
     calls = []
     masked_identity = ops.masked_identity
 
@@ -224,11 +220,9 @@ def test_evaluate_pruning_result_and_figure(cnn, images, labels, tmp_path, monke
         (np.random.default_rng(6).random((40, 28, 28, 1), "float32"),
          np.arange(40, dtype="int32") % 10)
     )
-    figure = tmp_path / "figures" / "pruning.png"
     result = pruning.evaluate_pruning(
-        cnn, (images, labels), run_config=RUN_CONFIG, train_data=train_data,
-        sparsities=(0.9, 0.5), fine_tune_examples=32, progress=False,
-        figure_path=figure, title="Tiny CNN",
+        cnn, (images, labels), architecture="cnn", dataset=DATASET, sparsities=(0.9, 0.5),
+        fine_tune=FINE_TUNE, train_data=train_data,
     )
     assert json.loads(json.dumps(result)) == result
     assert set(result) == {"dense_accuracy", "one_shot", "fine_tuned", "num_examples",
@@ -236,7 +230,7 @@ def test_evaluate_pruning_result_and_figure(cnn, images, labels, tmp_path, monke
     assert result["num_examples"] == len(images)
     expected_accuracy = np.mean(np.argmax(cnn.predict(images, verbose=0), -1) == labels)
     assert result["dense_accuracy"] == pytest.approx(expected_accuracy)
-    for mode in ("one_shot", "fine_tuned"):
+    for mode in pruning.MODES:
         assert list(result[mode]) == ["0.5", "0.9"]
         for key, point in result[mode].items():
             assert set(point) == {"accuracy", "sparsity"}
@@ -246,27 +240,28 @@ def test_evaluate_pruning_result_and_figure(cnn, images, labels, tmp_path, monke
     assert settings["sparsities"] == [0.5, 0.9]
     assert settings["pruned_layers"] == ["conv1", "conv2", "dense1", "logits"]
     assert settings["fine_tune_examples"] == 32
-    assert settings["fine_tune_steps"] == 2  # 32 examples in batches of the run's 16.
+    assert settings["fine_tune_steps"] == 2  # 32 examples in batches of 16.
     assert settings["learning_rate"] == pytest.approx(1e-4)
+    assert settings["optimizer"] == "adam"
     assert settings["schedule"]["one_shot"] == "ConstantSparsity"
     assert settings["schedule"]["fine_tuned"] == "PolynomialDecay"
     assert settings["masks"] == "mean during fine-tuning; inactive at evaluation"
     assert set(settings["library_versions"]) >= {
-        "tensorflow_model_optimization", "tf_keras", "tensorflow"}
+        "tensorflow-model-optimization", "tf-keras", "tensorflow"}
+    assert all(settings["library_versions"].values())
     # The masks ran in the fine-tune's training graph (3 mask points, 2 sparsities)
     # and never at inference.
     assert calls and set(calls) == {"mean"}
-    assert figure.read_bytes()[:8] == PNG_SIGNATURE
-    assert not [p for p in figure.parent.iterdir() if p.name.startswith(".")]
 
 
 def test_one_shot_only_runs_no_mask(cnn, images, labels, monkeypatch):
     monkeypatch.setattr(ops, "masked_identity", None)  # Any call would fail.
     result = pruning.evaluate_pruning(
-        cnn, (images, labels), run_config=RUN_CONFIG, sparsities=(0.5,), progress=False
+        cnn, (images, labels), architecture="cnn", dataset=DATASET, sparsities=(0.5,)
     )
     assert result["fine_tuned"] == {}
     assert list(result["one_shot"]) == ["0.5"]
+    assert result["settings"]["fine_tune_steps"] == 0
 
 
 @pytest.mark.parametrize(
@@ -274,40 +269,41 @@ def test_one_shot_only_runs_no_mask(cnn, images, labels, monkeypatch):
     [
         (dict(sparsities=(0.5, 1.0)), "sparsities"),
         (dict(sparsities=()), "sparsities"),
-        (dict(fine_tune_epochs=-1), "fine_tune_epochs"),
-        (dict(fine_tune_examples=0), "fine_tune_examples"),
         (dict(batch_size=0), "batch_size"),
-        (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(fine_tune=FINE_TUNE), "train_data"),
+        (dict(fine_tune={"epochs": 1}), "fine_tune"),
     ],
 )
 def test_invalid_arguments_are_refused(cnn, images, labels, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        pruning.evaluate_pruning(cnn, (images, labels), run_config=RUN_CONFIG,
-                                 progress=False, **kwargs)
+        pruning.evaluate_pruning(cnn, (images, labels), architecture="cnn", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(epochs=0), "epochs=0"),
+        (dict(num_examples=0), "num_examples=0"),
+        (dict(batch_size=0), "batch_size=0"),
+        (dict(learning_rate=-1.0), "learning_rate=-1.0"),
+        (dict(optimizer="adagrad"), "optimizer='adagrad'"),
+        (dict(mask_config={"rule": "mean"}), "mask_config"),
+    ],
+)
+def test_invalid_fine_tune_options_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pruning.FineTune(**kwargs)
 
 
 def test_invalid_data_is_refused(cnn, images, labels):
-    with pytest.raises(ValueError, match="data"):
-        pruning.evaluate_pruning(cnn, (images[..., 0], labels), run_config=RUN_CONFIG)
+    with pytest.raises(ValueError, match="images"):
+        pruning.evaluate_pruning(cnn, (images[..., 0], labels), architecture="cnn")
+    with pytest.raises(ValueError, match=r"shape \[N, 28, 28, 1\], the model.s input"):
+        pruning.evaluate_pruning(cnn, (images[:, :20, :20], labels), architecture="cnn")
     batched = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
     with pytest.raises(ValueError, match="unbatched"):
-        pruning.evaluate_pruning(cnn, (images, labels), run_config=RUN_CONFIG,
-                                 train_data=batched)
-
-
-def test_plot_pruning_overlays_runs(tmp_path):
-    def run(rule, scale):
-        points = {format(s, "g"): {"accuracy": scale * (1 - s**4), "sparsity": s}
-                  for s in (0.3, 0.5, 0.9)}
-        return {"dense_accuracy": scale, "one_shot": points, "fine_tuned": points,
-                "num_examples": 100,
-                "settings": {"mask_rule": rule, "num_classes": 10, "fine_tune_epochs": 1}}
-
-    path = pruning.plot_pruning([run("none", 0.9), run("mean", 0.92)],
-                                tmp_path / "compare.png")
-    assert path.read_bytes()[:8] == PNG_SIGNATURE
-    with pytest.raises(ValueError, match="labels"):
-        pruning.plot_pruning([run("none", 0.9)], tmp_path / "x.png", labels=["a", "b"])
+        pruning.evaluate_pruning(cnn, (images, labels), architecture="cnn",
+                                 fine_tune=FINE_TUNE, train_data=batched)
 
 
 _ENVIRONMENT_CHECK = """
@@ -321,10 +317,8 @@ model = build_model("cnn", input_shape=(28, 28, 1), num_classes=10, mask_rule="m
 images = np.zeros((4, 28, 28, 1), "float32")
 train = tf.data.Dataset.from_tensor_slices((images, np.zeros(4, "int32")))
 pruning.evaluate_pruning(
-    model, (images, np.zeros(4, "int64")), train_data=train, sparsities=(0.5,),
-    run_config={"model": "cnn", "mask_rule": "mean", "learning_rate": 1e-3,
-                "batch_size": 4, "optimizer": "sgd", "seed": 0},
-    progress=False)
+    model, (images, np.zeros(4, "int64")), architecture="cnn", sparsities=(0.5,),
+    fine_tune=pruning.FineTune(optimizer="sgd", batch_size=4, seed=0), train_data=train)
 import keras
 assert "tf_keras" in sys.modules and "tensorflow_model_optimization" in sys.modules
 assert os.environ.get("TF_USE_LEGACY_KERAS") == before, os.environ.get("TF_USE_LEGACY_KERAS")

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import gradmask_tf
+from eval.quality import evaluate_quality
 from gradmask_tf import quality
 
 
@@ -118,3 +119,21 @@ def test_callback_measures_at_each_epoch_end_without_batch_hooks():
     assert len(callback.measurements) == 2
     assert logs[0]["gsnr"] == callback.measurements[0]["gsnr"]
     assert logs[1]["gsnr"] == callback.measurements[1]["gsnr"]
+
+
+def test_evaluate_quality_adds_settings_and_the_logged_curve():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="logits")])
+    rng = np.random.default_rng(5)
+    data = (rng.random((16, 4)).astype("float32"), rng.integers(0, 3, 16))
+    history = [{"epoch": 1, "gsnr": 0.5}, {"epoch": 2, "gsnr": float("nan")}, {"epoch": 3}]
+    result = evaluate_quality(model, data, num_micro_batches=4, history=history)
+    expected = quality.gsnr(model, *data, num_micro_batches=4)
+    assert result["gsnr"] == pytest.approx(expected["gsnr"])
+    assert result["num_examples"] == 16
+    assert result["training_curve"] == {"1": 0.5}  # Epochs without a finite GSNR left out.
+    assert result["settings"]["masks"].startswith("active")
+    assert {"python", "tensorflow", "keras", "numpy", "gradmask_tf"} <= set(
+        result["settings"]["library_versions"]
+    )
+    assert "training_curve" not in evaluate_quality(model, data, num_micro_batches=4)

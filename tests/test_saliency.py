@@ -16,10 +16,9 @@ from eval import saliency
 from gradmask_tf import GradientMask, build_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGE_SHAPE = (12, 12, 1)
 NUM_CLASSES = 3
-SMOKE = dict(smoothgrad_samples=3, progress=False)
+SMOKE = dict(smoothgrad_samples=3)
 
 
 def tiny_cnn(mask_options=None, seed=0):
@@ -126,7 +125,7 @@ def test_all_zero_maps_have_no_focus_and_are_excluded_with_a_count(data):
     blind = tiny_cnn()
     for layer in blind.layers:
         layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
-    result = saliency.evaluate_saliency(
+    result, _ = saliency.evaluate_saliency(
         blind, (images, labels), methods=("saliency", "smoothgrad"), **SMOKE
     )
     assert result["num_excluded"] == {
@@ -179,9 +178,7 @@ def test_penultimate_layer_of_the_reference_cnn():
     assert saliency.find_penultimate_layer(cnn) == "mask2"
     images, labels = object_images(2)
     images = np.pad(images, ((0, 0), (8, 8), (8, 8), (0, 0)))
-    result = saliency.evaluate_saliency(
-        cnn, (images, labels), methods=("gradcam++",), progress=False
-    )
+    result, _ = saliency.evaluate_saliency(cnn, (images, labels), methods=("gradcam++",))
     assert result["settings"]["penultimate_layer"] == "mask2"
     # Named explicitly: the mask point is an identity at inference, so its ReLU gives
     # the same map, while the convolution before the ReLU does not.
@@ -207,7 +204,7 @@ def test_works_after_legacy_keras_is_switched_on_in_the_process(
     model, data, monkeypatch
 ):
     images, labels = data
-    before = saliency.evaluate_saliency(
+    before, _ = saliency.evaluate_saliency(
         model, (images, labels), methods=saliency.METHODS, **SMOKE
     )
     # What importing TF-MOT (eval/pruning.py) does; monkeypatch restores it.
@@ -215,13 +212,13 @@ def test_works_after_legacy_keras_is_switched_on_in_the_process(
     # TensorFlow bound `tf.keras` when eval.saliency imported tf-keras-vis; the
     # variable no longer changes it.
     assert tf.keras.Model is keras.Model
-    after = saliency.evaluate_saliency(
+    after, _ = saliency.evaluate_saliency(
         model, (images, labels), methods=saliency.METHODS, **SMOKE
     )
     assert after["foreground_focus"] == before["foreground_focus"]
 
 
-def test_works_where_tf_keras_was_bound_to_legacy_keras_before_import(tmp_path):
+def test_works_where_tf_keras_was_bound_to_legacy_keras_before_import():
     # TensorFlow binds `tf.keras` once per process; here to tf_keras, before
     # eval.saliency (and tf-keras-vis) is imported, as when TF-MOT comes first.
     script = textwrap.dedent(
@@ -234,18 +231,16 @@ def test_works_where_tf_keras_was_bound_to_legacy_keras_before_import(tmp_path):
         import numpy as np
         from eval import saliency
         from tests.test_saliency import object_images, tiny_cnn
-        result = saliency.evaluate_saliency(
-            tiny_cnn(), object_images(3), methods=saliency.METHODS,
-            smoothgrad_samples=2, progress=False,
-            figure_path=os.path.join(os.environ["OUT"], "figure.png"),
+        images, labels = object_images(3)
+        result, maps = saliency.evaluate_saliency(
+            tiny_cnn(), (images, labels), methods=saliency.METHODS, smoothgrad_samples=2
         )
         assert tf.keras.Model.__module__.startswith("tf_keras")
+        assert all(np.isfinite(m).all() for m in maps.values())
         print(json.dumps(result))
         """
     )
-    env = dict(
-        os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", OUT=str(tmp_path)
-    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
     process = subprocess.run(
         [sys.executable, "-c", script],
         cwd=ROOT,
@@ -258,20 +253,11 @@ def test_works_where_tf_keras_was_bound_to_legacy_keras_before_import(tmp_path):
     result = json.loads(process.stdout.strip().splitlines()[-1])
     assert set(result["foreground_focus"]) == set(saliency.METHODS)
     assert all(0 <= value <= 1 for value in result["foreground_focus"].values())
-    assert (tmp_path / "figure.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
-def test_result_is_json_with_settings_and_the_figure_is_a_png(model, data, tmp_path):
+def test_result_is_json_with_settings_and_the_maps(model, data):
     images, labels = data
-    path = tmp_path / "figures" / "saliency.png"
-    result = saliency.evaluate_saliency(
-        model,
-        (images, labels),
-        num_images=4,
-        figure_path=path,
-        title="tiny cnn",
-        **SMOKE,
-    )
+    result, maps = saliency.evaluate_saliency(model, (images, labels), num_images=4, **SMOKE)
     json.loads(json.dumps(result, allow_nan=False))
     methods = list(saliency.DEFAULT_METHODS)
     assert set(result) == {
@@ -286,6 +272,12 @@ def test_result_is_json_with_settings_and_the_figure_is_a_png(model, data, tmp_p
         assert list(result[key]) == methods
     assert result["num_examples"] == 4
     assert result["chance"] == pytest.approx(saliency.object_share(images[:4]).mean())
+    # The maps are those of the first images, and their focus is the result's.
+    assert list(maps) == methods
+    for method in methods:
+        assert maps[method].shape == (4, *IMAGE_SHAPE[:2])
+        focus = saliency.foreground_focus(maps[method], images[:4])
+        assert result["foreground_focus"][method] == pytest.approx(focus.mean())
     settings = result["settings"]
     assert settings["methods"] == methods
     assert settings["smoothgrad_samples"] == 3
@@ -293,44 +285,25 @@ def test_result_is_json_with_settings_and_the_figure_is_a_png(model, data, tmp_p
     assert settings["penultimate_layer"] == "relu2"
     assert settings["score"] == "true-label logit"
     assert settings["masks"] == "inactive (exact gradients)"
-    assert set(settings["library_versions"]) == {"tf_keras_vis", "tensorflow", "keras"}
-    assert path.read_bytes().startswith(PNG_SIGNATURE)
-    assert os.listdir(path.parent) == ["saliency.png"]  # No temporary file left.
-
-    # Runs side by side, as a comparison report draws them.
-    maps = saliency.saliency_maps(model, images, labels, ("saliency",))
-    side_by_side = tmp_path / "side_by_side.png"
-    saliency.plot_saliency(
-        images, {"baseline": maps, "masked": maps}, side_by_side, max_images=2
-    )
-    assert side_by_side.read_bytes().startswith(PNG_SIGNATURE)
+    versions = settings["library_versions"]
+    assert versions["tf-keras-vis"] and {"tensorflow", "keras"} <= set(versions)
 
 
-def test_saved_maps_of_two_runs_are_drawn_side_by_side(model, data, tmp_path):
+def test_saved_maps_round_trip(model, data, tmp_path):
     images, labels = data
-    other = tiny_cnn(seed=1)
-    saved = {}
-    for label, run_model, num_images in (("baseline", model, 5), ("masked", other, 4)):
-        path = tmp_path / label / "saliency_maps.npz"
-        saliency.evaluate_saliency(
-            run_model,
-            (images, labels),
-            methods=("saliency", "gradcam++"),
-            num_images=num_images,
-            maps_path=path,
-            **SMOKE,
-        )
-        saved[label] = np.load(path)
-    expected_keys = ["gradcam++", "images", "labels", "saliency"]
-    assert sorted(saved["baseline"].files) == expected_keys
-    np.testing.assert_array_equal(saved["baseline"]["images"], images)
-    np.testing.assert_array_equal(saved["masked"]["labels"], labels[:4])
-    figure = tmp_path / "compare" / "saliency.png"
-    saliency.plot_comparison(saved, figure, title="baseline vs masked")
-    assert figure.read_bytes().startswith(PNG_SIGNATURE)
-    shifted = {"images": images[::-1], "saliency": saved["baseline"]["saliency"]}
-    with pytest.raises(ValueError, match="different images"):
-        saliency.plot_comparison({**saved, "other": shifted}, tmp_path / "x.png")
+    _, maps = saliency.evaluate_saliency(
+        model, (images, labels), methods=("saliency", "gradcam++"), **SMOKE
+    )
+    path = tmp_path / "eval" / "saliency_maps.npz"
+    saliency.save_maps(path, images, labels, maps)
+    saved = np.load(path)
+    assert sorted(saved.files) == ["gradcam++", "images", "labels", "saliency"]
+    np.testing.assert_array_equal(saved["images"], images)
+    np.testing.assert_array_equal(saved["labels"], labels)
+    np.testing.assert_array_equal(saved["saliency"], maps["saliency"])
+    assert os.listdir(path.parent) == ["saliency_maps.npz"]  # No temporary file left.
+    with pytest.raises(ValueError, match="method names"):
+        saliency.save_maps(path, images, labels, {"gradcam": maps["saliency"]})
 
 
 def test_smoothgrad_noise_is_seeded_and_numpy_state_restored(model, data):
@@ -347,7 +320,7 @@ def test_smoothgrad_noise_is_seeded_and_numpy_state_restored(model, data):
     np.testing.assert_array_equal(np.random.get_state()[1], state)
 
 
-def test_invalid_arguments_are_named(model, data, tmp_path):
+def test_invalid_arguments_are_named(model, data):
     images, labels = data
     valid_names = r"saliency, smoothgrad, gradcam\+\+, scorecam"
     with pytest.raises(ValueError, match=valid_names):
@@ -360,10 +333,5 @@ def test_invalid_arguments_are_named(model, data, tmp_path):
         saliency.saliency_maps(model, images, labels + NUM_CLASSES, ("saliency",))
     with pytest.raises(ValueError, match="smoothgrad_samples"):
         saliency.saliency_maps(model, images, labels, smoothgrad_samples=0)
-    maps = np.ones(images.shape[:3])
-    with pytest.raises(ValueError, match="not a mix"):
-        saliency.plot_saliency(
-            images, {"a": maps, "b": {"saliency": maps}}, tmp_path / "x.png"
-        )
-    with pytest.raises(ValueError, match="shape"):
-        saliency.plot_saliency(images, {"a": maps[:2]}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="smoothgrad_noise"):
+        saliency.saliency_maps(model, images, labels, ("smoothgrad",), smoothgrad_noise=-1.0)
