@@ -15,7 +15,6 @@ it resumes from the last finished epoch; a finished run is kept unless `--overwr
 import json
 import os
 import pathlib
-import platform
 import shutil
 import sys
 import time
@@ -28,12 +27,13 @@ _STDERR = DeferredStderr()
 from absl import app, flags, logging  # noqa: E402
 
 from gradmask_tf import ops as mask_ops  # noqa: E402
+from gradmask_tf.errors import InvalidArgumentError  # noqa: E402
 from gradmask_tf.models import ARCHITECTURES, application_constructor  # noqa: E402
+from gradmask_tf.optimizers import OPTIMIZERS  # noqa: E402
 
 FLAGS = flags.FLAGS
 _ABSL_FLAGS = set(FLAGS)
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 flags.DEFINE_string("dataset", "fashion_mnist", "tensorflow-datasets name of the data.")
@@ -126,6 +126,25 @@ GSNR_MICRO_BATCHES = 8
 RUN_FLAGS = sorted(set(FLAGS) - _ABSL_FLAGS)
 _RESUME_FREE = ("output_dir", "overwrite")
 
+# The --mask_* flags and the MaskConfig (and GradientMask) arguments they set.
+MASK_FLAGS = {
+    "mask_scope": "scope",
+    "mask_alpha": "alpha",
+    "mask_kernel_size": "kernel_size",
+    "mask_keep_fraction": "keep_fraction",
+    "mask_soft": "soft",
+    "mask_rescale": "rescale",
+    "mask_zone_size": "zone_size",
+    "mask_inhibition_base": "inhibition_base",
+    "mask_inhibition_strength": "inhibition_strength",
+}
+# The flag behind each MaskConfig argument, for its errors.
+_FLAG_OF_ARGUMENT = {
+    **{argument: flag for flag, argument in MASK_FLAGS.items()},
+    "rule": "mask_rule",
+    "seed": "seed",
+}
+
 
 class UsageError(Exception):
     """A bad command line or run directory: reported as one line, exit status 2."""
@@ -141,17 +160,21 @@ def parse_flags(argv):
 
 
 def mask_options():
-    return dict(
-        scope=FLAGS.mask_scope,
-        alpha=FLAGS.mask_alpha,
-        kernel_size=FLAGS.mask_kernel_size,
-        keep_fraction=FLAGS.mask_keep_fraction,
-        soft=FLAGS.mask_soft,
-        rescale=FLAGS.mask_rescale,
-        zone_size=FLAGS.mask_zone_size,
-        inhibition_base=FLAGS.mask_inhibition_base,
-        inhibition_strength=FLAGS.mask_inhibition_strength,
-    )
+    return {argument: FLAGS[flag].value for flag, argument in MASK_FLAGS.items()}
+
+
+def check_mask_flags():
+    """MaskConfig's own checks, each error naming the flag instead of the argument."""
+    try:
+        mask_ops.MaskConfig(FLAGS.mask_rule, seed=FLAGS.seed, **mask_options())
+    except InvalidArgumentError as error:
+        flag = _FLAG_OF_ARGUMENT.get(error.name)
+        if flag is None:
+            raise UsageError(str(error)) from None
+        raise UsageError(
+            f"Invalid value for flag `--{flag}`: expected {error.expected}. "
+            f"Received: --{flag}={error.value!r}"
+        ) from None
 
 
 def run_config():
@@ -160,15 +183,7 @@ def run_config():
 
 def validate():
     """Everything that can be checked before any file is written."""
-    try:
-        mask_ops.MaskConfig(FLAGS.mask_rule, seed=FLAGS.seed, **mask_options())
-    except ValueError as error:
-        message = (
-            str(error)
-            .replace("argument `", "flag `--mask_")
-            .replace("Received: ", "Received: --mask_")
-        )
-        raise UsageError(message) from None
+    check_mask_flags()
     if FLAGS.mask_start_epoch >= FLAGS.epochs and FLAGS.mask_rule != "none":
         raise UsageError(
             f"flag --mask_start_epoch={FLAGS.mask_start_epoch} must be below "
@@ -264,33 +279,6 @@ def is_chief(strategy):
     )
 
 
-def make_optimizer(keras):
-    if FLAGS.optimizer == "sgd":
-        return keras.optimizers.SGD(FLAGS.learning_rate, momentum=0.9)
-    cls = {
-        "adam": keras.optimizers.Adam,
-        "adamw": keras.optimizers.AdamW,
-        "rmsprop": keras.optimizers.RMSprop,
-    }[FLAGS.optimizer]
-    return cls(FLAGS.learning_rate)
-
-
-def versions():
-    import keras
-    import numpy
-    import tensorflow as tf
-
-    import gradmask_tf
-
-    return {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": numpy.__version__,
-        "gradmask_tf": gradmask_tf.__version__,
-    }
-
-
 def main(argv):
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
@@ -319,6 +307,8 @@ def main(argv):
 
     import gradmask_tf
     from gradmask_tf import data, training
+    from gradmask_tf.optimizers import make_optimizer
+    from gradmask_tf.versions import library_versions
 
     try:
         info = data.info(FLAGS.dataset, data_dir=FLAGS.data_dir)
@@ -362,7 +352,7 @@ def main(argv):
         run_dir.mkdir(parents=True, exist_ok=True)
         if state != "resume":
             runs.atomic_write_json(
-                run_dir / runs.CONFIG, {"flags": config, "versions": versions()}
+                run_dir / runs.CONFIG, {"flags": config, "versions": library_versions()}
             )
 
     def build():
@@ -376,7 +366,7 @@ def main(argv):
             **mask_options(),
         )
         model.compile(
-            optimizer=make_optimizer(keras),
+            optimizer=make_optimizer(FLAGS.optimizer, FLAGS.learning_rate),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
             jit_compile=jit_compile,
