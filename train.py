@@ -306,7 +306,9 @@ def main(argv):
     import tensorflow as tf
 
     import gradmask_tf
-    from gradmask_tf import data, training
+    from gradmask_tf import data
+    from gradmask_tf.callbacks import MaskSchedule, RunRecorder
+    from gradmask_tf.distributed import fit_multi_worker
     from gradmask_tf.optimizers import make_optimizer
     from gradmask_tf.versions import library_versions
 
@@ -382,8 +384,8 @@ def main(argv):
             history = runs.restore_checkpoint(model, checkpoint)
         print(f"Resuming {run_dir} after epoch {initial_epoch} of {FLAGS.epochs}.")
 
-    recorder = runs.RunRecorder(run_dir, history, write=chief)
-    callbacks = [runs.MaskSchedule(FLAGS.mask_start_epoch)]
+    recorder = RunRecorder(run_dir, history, write=chief)
+    callbacks = [MaskSchedule(FLAGS.mask_start_epoch)]
     if FLAGS.gsnr_every:
         from gradmask_tf import quality
 
@@ -409,7 +411,7 @@ def main(argv):
     start = time.perf_counter()
     if initial_epoch < FLAGS.epochs:
         if FLAGS.strategy == "multi_worker":
-            training.fit_multi_worker(
+            fit_multi_worker(
                 model,
                 strategy,
                 train_data,
