@@ -55,10 +55,6 @@ class GradMaskModel(keras.Model):
     def mask_layers(self):
         return mask_layers(self)
 
-    def set_masks_enabled(self, enabled):
-        """Turns every mask point on or off, without retracing."""
-        set_masks_enabled(self, enabled)
-
     @property
     def metrics(self):
         return super().metrics + self._kept_trackers + [self._gradient_norm_tracker]
