@@ -70,6 +70,8 @@ class GradMaskModel(keras.Model):
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
             )
             scaled_loss = self.optimizer.scale_loss(loss)
+        # The factor the loss was scaled by, read before `apply` may grow or shrink it.
+        loss_scale = self.optimizer.scale_loss(tf.constant(1.0))
         trainable_variables = self.trainable_variables
         gradients = tape.gradient(scaled_loss, trainable_variables + probes)
         gradients, kept_fractions = (
@@ -88,17 +90,15 @@ class GradMaskModel(keras.Model):
             # A mask point the loss does not reach reports no gradient at all.
             if kept is not None:
                 tracker.update_state(kept)
-        self._update_gradient_norm(gradients, replicas)
+        self._update_gradient_norm(gradients, loss_scale, replicas)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-    def _update_gradient_norm(self, gradients, replicas):
+    def _update_gradient_norm(self, gradients, loss_scale, replicas):
         norm = tf.linalg.global_norm(
             [tf.cast(g, tf.float32) for g in gradients if g is not None]
         )
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            # Undo loss scaling, so the figure means the same in mixed precision.
-            norm = norm / tf.cast(self.optimizer.dynamic_scale, tf.float32)
-        norm = norm * replicas
+        # Undo loss scaling, so the figure means the same in mixed precision.
+        norm = norm / tf.cast(loss_scale, tf.float32) * replicas
         finite = tf.math.is_finite(norm)
         self._gradient_norm_tracker.update_state(
             tf.where(finite, norm, 0.0), sample_weight=tf.cast(finite, tf.float32)
