@@ -16,8 +16,11 @@ from gradmask_tf.training import GradMaskModel
 
 @pytest.fixture
 def strategy():
+    # Every strategy in a process numbers its collective ops from the same keys, so
+    # they could meet another test's: reducing through one device uses none.
     return tf.distribute.MirroredStrategy(
-        [device.name for device in tf.config.list_logical_devices("CPU")]
+        [device.name for device in tf.config.list_logical_devices("CPU")],
+        cross_device_ops=tf.distribute.ReductionToOneDevice(),
     )
 
 

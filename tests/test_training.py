@@ -102,7 +102,11 @@ def test_overflowed_step_is_left_out_of_the_gradient_norm(batch, mixed_float16):
 def test_loss_is_the_global_mean_under_a_mirrored_strategy(batch):
     devices = [device.name for device in tf.config.list_logical_devices("CPU")]
     assert len(devices) == 2, "conftest makes two logical CPU devices"
-    strategy = tf.distribute.MirroredStrategy(devices)
+    # Every strategy in a process numbers its collective ops from the same keys, so
+    # they could meet another test's: reducing through one device uses none.
+    strategy = tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
     with strategy.scope():
         model = _compile(_model("mean"))
     x, y = batch
