@@ -15,7 +15,6 @@ it resumes from the last finished epoch; a finished run is kept unless `--overwr
 import json
 import os
 import pathlib
-import platform
 import shutil
 import sys
 import time
@@ -27,13 +26,23 @@ _STDERR = DeferredStderr()
 
 from absl import app, flags, logging  # noqa: E402
 
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import gradmask_tf  # noqa: E402
+from gradmask_tf import data, quality, runs  # noqa: E402
 from gradmask_tf import ops as mask_ops  # noqa: E402
+from gradmask_tf.callbacks import MaskSchedule, RunRecorder  # noqa: E402
+from gradmask_tf.distributed import fit_multi_worker  # noqa: E402
+from gradmask_tf.errors import InvalidArgumentError  # noqa: E402
 from gradmask_tf.models import ARCHITECTURES, application_constructor  # noqa: E402
+from gradmask_tf.optimizers import OPTIMIZERS, make_optimizer  # noqa: E402
+from gradmask_tf.training import KEPT_FRACTION_PREFIX  # noqa: E402
+from gradmask_tf.versions import library_versions  # noqa: E402
 
 FLAGS = flags.FLAGS
 _ABSL_FLAGS = set(FLAGS)
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 flags.DEFINE_string("dataset", "fashion_mnist", "tensorflow-datasets name of the data.")
@@ -126,6 +135,25 @@ GSNR_MICRO_BATCHES = 8
 RUN_FLAGS = sorted(set(FLAGS) - _ABSL_FLAGS)
 _RESUME_FREE = ("output_dir", "overwrite")
 
+# The --mask_* flags and the MaskConfig (and GradientMask) arguments they set.
+MASK_FLAGS = {
+    "mask_scope": "scope",
+    "mask_alpha": "alpha",
+    "mask_kernel_size": "kernel_size",
+    "mask_keep_fraction": "keep_fraction",
+    "mask_soft": "soft",
+    "mask_rescale": "rescale",
+    "mask_zone_size": "zone_size",
+    "mask_inhibition_base": "inhibition_base",
+    "mask_inhibition_strength": "inhibition_strength",
+}
+# The flag behind each MaskConfig argument, for its errors.
+_FLAG_OF_ARGUMENT = {
+    **{argument: flag for flag, argument in MASK_FLAGS.items()},
+    "rule": "mask_rule",
+    "seed": "seed",
+}
+
 
 class UsageError(Exception):
     """A bad command line or run directory: reported as one line, exit status 2."""
@@ -140,98 +168,107 @@ def parse_flags(argv):
     return parse_flags_or_fail(FLAGS, argv, _STDERR, "train.py")
 
 
-def mask_options():
-    return dict(
-        scope=FLAGS.mask_scope,
-        alpha=FLAGS.mask_alpha,
-        kernel_size=FLAGS.mask_kernel_size,
-        keep_fraction=FLAGS.mask_keep_fraction,
-        soft=FLAGS.mask_soft,
-        rescale=FLAGS.mask_rescale,
-        zone_size=FLAGS.mask_zone_size,
-        inhibition_base=FLAGS.mask_inhibition_base,
-        inhibition_strength=FLAGS.mask_inhibition_strength,
-    )
-
-
 def run_config():
     return {name: FLAGS[name].value for name in RUN_FLAGS}
 
 
-def validate():
-    """Everything that can be checked before any file is written."""
-    try:
-        mask_ops.MaskConfig(FLAGS.mask_rule, seed=FLAGS.seed, **mask_options())
-    except ValueError as error:
-        message = (
-            str(error)
-            .replace("argument `", "flag `--mask_")
-            .replace("Received: ", "Received: --mask_")
+def mask_options():
+    return {argument: FLAGS[flag].value for flag, argument in MASK_FLAGS.items()}
+
+
+# The command line ---------------------------------------------------------------------
+
+
+def validate_flags(argv):
+    """Everything about the command line that can be checked before any file is written."""
+    if len(argv) > 1:
+        raise UsageError(
+            f"unexpected arguments: {' '.join(argv[1:])} (flags look like --name=value)"
         )
-        raise UsageError(message) from None
+    check_mask_flags()
     if FLAGS.mask_start_epoch >= FLAGS.epochs and FLAGS.mask_rule != "none":
         raise UsageError(
             f"flag --mask_start_epoch={FLAGS.mask_start_epoch} must be below "
             f"--epochs={FLAGS.epochs}, or the masks never turn on"
         )
     if FLAGS.strategy == "multi_worker":
-        try:
-            tf_config = json.loads(os.environ.get("TF_CONFIG", ""))
-            tf_config["cluster"]["worker"]
-            tf_config["task"]["type"], tf_config["task"]["index"]
-        except (ValueError, KeyError, TypeError):
-            raise UsageError(
-                "flag --strategy=multi_worker needs the TF_CONFIG environment variable: "
-                'JSON {"cluster": {"worker": [...]}, "task": {"type": ..., "index": ...}}'
-            ) from None
+        check_tf_config()
     if FLAGS.num_cpu_devices > 1 and FLAGS.strategy != "mirrored":
         raise UsageError("flag --num_cpu_devices > 1 is only used with --strategy=mirrored")
 
 
-def output_dir():
+def check_mask_flags():
+    """MaskConfig's own checks, each error naming the flag instead of the argument."""
+    try:
+        mask_ops.MaskConfig(FLAGS.mask_rule, seed=FLAGS.seed, **mask_options())
+    except InvalidArgumentError as error:
+        flag = _FLAG_OF_ARGUMENT.get(error.name)
+        if flag is None:
+            raise UsageError(str(error)) from None
+        raise UsageError(
+            f"Invalid value for flag `--{flag}`: expected {error.expected}. "
+            f"Received: --{flag}={error.value!r}"
+        ) from None
+
+
+def check_tf_config():
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG", ""))
+        tf_config["cluster"]["worker"]
+        tf_config["task"]["type"], tf_config["task"]["index"]
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(
+            "flag --strategy=multi_worker needs the TF_CONFIG environment variable: "
+            'JSON {"cluster": {"worker": [...]}, "task": {"type": ..., "index": ...}}'
+        ) from None
+
+
+# The run directory --------------------------------------------------------------------
+
+
+def resolve_run_dir(config):
+    """The run directory and what to do with it: "new", "resume" or "overwrite"."""
     if FLAGS.output_dir:
-        return pathlib.Path(FLAGS.output_dir)
-    return pathlib.Path("runs") / (
-        f"{FLAGS.dataset}-{FLAGS.model}-{FLAGS.mask_rule}-seed{FLAGS.seed}"
-    )
+        run_dir = pathlib.Path(FLAGS.output_dir)
+    else:
+        run_dir = pathlib.Path("runs") / (
+            f"{FLAGS.dataset}-{FLAGS.model}-{FLAGS.mask_rule}-seed{FLAGS.seed}"
+        )
+    try:
+        state = runs.prepare_run_dir(
+            run_dir, config, overwrite=FLAGS.overwrite, may_differ=_RESUME_FREE
+        )
+    except runs.RunDirectoryError as error:
+        raise UsageError(str(error)) from None
+    return run_dir, state
 
 
-def prepare_run_dir(run_dir, config, from_runs):
-    """Decides between a new run, a resume and a refusal; writes nothing."""
-    config_path = run_dir / from_runs.CONFIG
-    if not run_dir.exists() or not any(run_dir.iterdir()):
-        return "new"
-    if not config_path.exists():
-        if FLAGS.overwrite:
-            return "overwrite"
-        raise UsageError(
-            f"--output_dir={run_dir} exists and is not a run directory; "
-            "choose another or pass --overwrite"
+def start_run_dir(run_dir, state, config):
+    """The chief empties the directory where asked and records the flags and versions."""
+    if state == "overwrite":
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if state != "resume":
+        runs.atomic_write_json(
+            run_dir / runs.CONFIG, {"flags": config, "versions": library_versions()}
         )
-    if FLAGS.overwrite:
-        return "overwrite"
-    if (run_dir / from_runs.METRICS).exists():
-        raise UsageError(
-            f"--output_dir={run_dir} holds a finished run; pass --overwrite to replace it"
-        )
-    saved = from_runs.read_json(config_path).get("flags", {})
-    changed = sorted(
-        name
-        for name in set(saved) | set(config)
-        if name not in _RESUME_FREE and saved.get(name) != config.get(name)
-    )
-    if changed:
-        raise UsageError(
-            f"--output_dir={run_dir} holds an unfinished run with other settings "
-            f"({', '.join('--' + name for name in changed)}); resume it with the same "
-            "flags, or pass --overwrite"
-        )
-    return "resume"
+
+
+# Devices and distribution -------------------------------------------------------------
+
+
+def configure_runtime():
+    """`(jit_compile, strategy)`, set up before any TensorFlow op runs.
+
+    Collective ops and logical devices are configured at start-up; XLA is decided
+    here because the data pipeline depends on it.
+    """
+    has_gpu = configure_devices()
+    jit_compile = {"auto": has_gpu, "true": True, "false": False}[FLAGS.jit_compile]
+    return jit_compile, make_strategy()
 
 
 def configure_devices():
-    import tensorflow as tf
-
     if FLAGS.num_cpu_devices > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
@@ -241,8 +278,6 @@ def configure_devices():
 
 
 def make_strategy():
-    import tensorflow as tf
-
     if FLAGS.strategy == "mirrored":
         devices = None
         if not tf.config.list_physical_devices("GPU"):
@@ -264,62 +299,20 @@ def is_chief(strategy):
     )
 
 
-def make_optimizer(keras):
-    if FLAGS.optimizer == "sgd":
-        return keras.optimizers.SGD(FLAGS.learning_rate, momentum=0.9)
-    cls = {
-        "adam": keras.optimizers.Adam,
-        "adamw": keras.optimizers.AdamW,
-        "rmsprop": keras.optimizers.RMSprop,
-    }[FLAGS.optimizer]
-    return cls(FLAGS.learning_rate)
+def set_global_options():
+    """The seed, op determinism and the dtype policy, before the model is built."""
+    keras.utils.set_random_seed(FLAGS.seed)
+    if FLAGS.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if FLAGS.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
 
 
-def versions():
-    import keras
-    import numpy
-    import tensorflow as tf
-
-    import gradmask_tf
-
-    return {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": numpy.__version__,
-        "gradmask_tf": gradmask_tf.__version__,
-    }
+# Data ---------------------------------------------------------------------------------
 
 
-def main(argv):
-    logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags look like --name=value)")
-    try:
-        validate()
-    except UsageError as error:
-        _fail(str(error))
-    config = run_config()
-    run_dir = output_dir()
-
-    from gradmask_tf import runs
-
-    try:
-        state = prepare_run_dir(run_dir, config, runs)
-    except UsageError as error:
-        _fail(str(error))
-
-    has_gpu = configure_devices()
-    jit_compile = {"auto": has_gpu, "true": True, "false": False}[FLAGS.jit_compile]
-    # Before any TensorFlow op runs: collective ops are configured at start-up.
-    strategy = make_strategy()
-
-    import keras
-    import tensorflow as tf
-
-    import gradmask_tf
-    from gradmask_tf import data, training
-
+def load_data(jit_compile):
+    """`(info, train_data, test_data)`; an unusable dataset is a `UsageError`."""
     try:
         info = data.info(FLAGS.dataset, data_dir=FLAGS.data_dir)
         test_data = data.load(
@@ -344,68 +337,63 @@ def main(argv):
             drop_remainder=jit_compile,
         )
     except ValueError as error:
-        _fail(" ".join(str(error).split()))
+        raise UsageError(str(error)) from None
     if info.image_shape is None or info.num_classes is None:
-        _fail(f"--dataset={FLAGS.dataset} is not an image classification dataset")
+        raise UsageError(f"--dataset={FLAGS.dataset} is not an image classification dataset")
+    return info, train_data, test_data
 
-    _STDERR.release()  # Validated: from here on, the run shows everything.
-    keras.utils.set_random_seed(FLAGS.seed)
-    if FLAGS.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    if FLAGS.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
 
-    chief = is_chief(strategy)
-    if chief:
-        if state == "overwrite":
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if state != "resume":
-            runs.atomic_write_json(
-                run_dir / runs.CONFIG, {"flags": config, "versions": versions()}
-            )
-
-    def build():
-        model = gradmask_tf.build_model(
-            FLAGS.model,
-            input_shape=info.image_shape,
-            num_classes=info.num_classes,
-            mask_rule=FLAGS.mask_rule,
-            dataset=FLAGS.dataset,
-            seed=FLAGS.seed,
-            **mask_options(),
+def gsnr_probe():
+    """A fixed probe: the first examples of the training split, in their order."""
+    return data.as_numpy(
+        data.load(
+            FLAGS.dataset, "train", data_dir=FLAGS.data_dir, max_examples=GSNR_PROBE_EXAMPLES
         )
-        model.compile(
-            optimizer=make_optimizer(keras),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            jit_compile=jit_compile,
-        )
-        return model
+    )
 
-    with strategy.scope():
-        model = build()
+
+# The model ----------------------------------------------------------------------------
+
+
+def compiled_model(info, jit_compile):
+    """A fresh model, compiled, under whatever strategy scope is current."""
+    model = gradmask_tf.build_model(
+        FLAGS.model,
+        input_shape=info.image_shape,
+        num_classes=info.num_classes,
+        mask_rule=FLAGS.mask_rule,
+        dataset=FLAGS.dataset,
+        seed=FLAGS.seed,
+        **mask_options(),
+    )
+    model.compile(
+        optimizer=make_optimizer(FLAGS.optimizer, FLAGS.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def resume(model, strategy, run_dir):
+    """Restores the last finished epoch, if any: `(initial_epoch, history_rows)`."""
     initial_epoch, checkpoint = runs.latest_checkpoint(run_dir)
-    history = []
-    if checkpoint is not None:
-        with strategy.scope():
-            history = runs.restore_checkpoint(model, checkpoint)
-        print(f"Resuming {run_dir} after epoch {initial_epoch} of {FLAGS.epochs}.")
+    if checkpoint is None:
+        return initial_epoch, []
+    with strategy.scope():
+        history = runs.restore_checkpoint(model, checkpoint)
+    print(f"Resuming {run_dir} after epoch {initial_epoch} of {FLAGS.epochs}.")
+    return initial_epoch, history
 
-    recorder = runs.RunRecorder(run_dir, history, write=chief)
-    callbacks = [runs.MaskSchedule(FLAGS.mask_start_epoch)]
+
+# Callbacks and training ---------------------------------------------------------------
+
+
+def make_callbacks(run_dir, recorder, chief):
+    """The mask schedule, the GSNR probe if asked, and the recorder last."""
+    callbacks = [MaskSchedule(FLAGS.mask_start_epoch)]
     if FLAGS.gsnr_every:
-        from gradmask_tf import quality
-
-        # A fixed probe: the first examples of the training split, in their order.
-        probe_images, probe_labels = data.as_numpy(
-            data.load(
-                FLAGS.dataset,
-                "train",
-                data_dir=FLAGS.data_dir,
-                max_examples=GSNR_PROBE_EXAMPLES,
-            )
-        )
+        probe_images, probe_labels = gsnr_probe()
         callbacks.append(
             quality.GSNRCallback(
                 probe_images,
@@ -416,45 +404,63 @@ def main(argv):
             )
         )
     callbacks.append(recorder)  # last: it records what the others added to the logs
-    start = time.perf_counter()
-    if initial_epoch < FLAGS.epochs:
-        if FLAGS.strategy == "multi_worker":
-            training.fit_multi_worker(
-                model,
-                strategy,
-                train_data,
-                epochs=FLAGS.epochs,
-                initial_epoch=initial_epoch,
-                batch_size=FLAGS.batch_size,
-                callbacks=callbacks,
-                log_dir=run_dir / runs.LOGS if chief else None,
-                jit_compile=jit_compile,
-            )
-        else:
-            callbacks.append(keras.callbacks.TensorBoard(run_dir / runs.LOGS))
-            model.fit(
-                train_data,
-                epochs=FLAGS.epochs,
-                initial_epoch=initial_epoch,
-                callbacks=callbacks,
-                shuffle=False,
-                verbose=1 if sys.stdout.isatty() else 2,
-            )
-    train_seconds = time.perf_counter() - start
-    if not chief:
-        return 0
+    return callbacks
 
-    # A plain copy outside any strategy evaluates, saves and exports the same way
-    # whichever strategy trained it.
-    final = build()
+
+def train(model, strategy, train_data, callbacks, *, initial_epoch, log_dir, jit_compile):
+    """Runs the epochs still to run; returns the seconds it took.
+
+    `log_dir` is the TensorBoard directory, None on workers that must not write.
+    """
+    start = time.perf_counter()
+    if initial_epoch >= FLAGS.epochs:
+        pass
+    elif FLAGS.strategy == "multi_worker":
+        fit_multi_worker(
+            model,
+            strategy,
+            train_data,
+            epochs=FLAGS.epochs,
+            initial_epoch=initial_epoch,
+            batch_size=FLAGS.batch_size,
+            callbacks=callbacks,
+            log_dir=log_dir,
+            jit_compile=jit_compile,
+        )
+    else:
+        model.fit(
+            train_data,
+            epochs=FLAGS.epochs,
+            initial_epoch=initial_epoch,
+            callbacks=[*callbacks, keras.callbacks.TensorBoard(log_dir)],
+            shuffle=False,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    return time.perf_counter() - start
+
+
+# The finished run ---------------------------------------------------------------------
+
+
+def plain_copy(model, info, jit_compile):
+    """The trained model outside any strategy, optimizer state included.
+
+    It evaluates, saves and exports the same way whichever strategy trained it.
+    """
+    final = compiled_model(info, jit_compile)
     final.set_weights(model.get_weights())
     final.optimizer.build(final.trainable_variables)
     for target, source in zip(final.optimizer.variables, model.optimizer.variables):
         target.assign(source.numpy())
-    loss, accuracy = final.evaluate(test_data, verbose=0, return_dict=False)
-    runs.save_keras_model(final, run_dir / runs.MODEL)
-    runs.export_saved_model(final, run_dir / runs.SAVED_MODEL, info.image_shape)
-    epoch_seconds = [row["epoch_seconds"] for row in recorder.history_rows]
+    return final
+
+
+def finalize(model, info, test_data, run_dir, history_rows, train_seconds):
+    """Evaluates on the test split, then writes the model, its export and metrics.json."""
+    loss, accuracy = model.evaluate(test_data, verbose=0, return_dict=False)
+    runs.save_keras_model(model, run_dir / runs.MODEL)
+    runs.export_saved_model(model, run_dir / runs.SAVED_MODEL, info.image_shape)
+    epoch_seconds = [row["epoch_seconds"] for row in history_rows]
     metrics = {
         "test_accuracy": float(accuracy),
         "test_loss": float(loss),
@@ -465,9 +471,9 @@ def main(argv):
         "mask_rule": FLAGS.mask_rule,
         "seed": FLAGS.seed,
     }
-    last = recorder.history_rows[-1] if recorder.history_rows else {}
+    last = history_rows[-1] if history_rows else {}
     metrics.update(
-        {key: value for key, value in last.items() if key.startswith("kept_fraction/")}
+        {key: value for key, value in last.items() if key.startswith(KEPT_FRACTION_PREFIX)}
     )
     runs.atomic_write_json(run_dir / runs.METRICS, metrics)
     print(
@@ -475,6 +481,39 @@ def main(argv):
         f"{train_seconds:.0f}s training ({metrics['mean_epoch_seconds']:.1f}s/epoch); "
         f"run in {run_dir}"
     )
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)
+    try:
+        validate_flags(argv)
+        config = run_config()
+        run_dir, state = resolve_run_dir(config)
+        jit_compile, strategy = configure_runtime()
+        info, train_data, test_data = load_data(jit_compile)
+    except UsageError as error:
+        _fail(str(error))
+    _STDERR.release()  # Validated: from here on, the run shows everything.
+    set_global_options()
+    chief = is_chief(strategy)
+    if chief:
+        start_run_dir(run_dir, state, config)
+    with strategy.scope():
+        model = compiled_model(info, jit_compile)
+    initial_epoch, history = resume(model, strategy, run_dir)
+    recorder = RunRecorder(run_dir, history, write=chief)
+    train_seconds = train(
+        model,
+        strategy,
+        train_data,
+        make_callbacks(run_dir, recorder, chief),
+        initial_epoch=initial_epoch,
+        log_dir=run_dir / runs.LOGS if chief else None,
+        jit_compile=jit_compile,
+    )
+    if chief:
+        final = plain_copy(model, info, jit_compile)
+        finalize(final, info, test_data, run_dir, recorder.history_rows, train_seconds)
     return 0
 
 

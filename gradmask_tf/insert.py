@@ -1,10 +1,10 @@
 """`insert_masks`: Gradient Mask for a Keras model that already exists."""
 
-import functools
 import inspect
 
 import keras
 
+from gradmask_tf import compat
 from gradmask_tf.layers import GradientMask, point_seeds
 from gradmask_tf.ops import MaskConfig
 from gradmask_tf.training import GradMaskModel
@@ -105,7 +105,7 @@ def insert_masks(model, rule="mean", *, after=None, **mask_options):
     """
     if isinstance(model, keras.Sequential):
         model = _as_functional(model)
-    elif not _is_functional(model):
+    elif not compat.is_functional(model):
         raise ValueError(
             f"insert_masks rewrites a functional or Sequential model's graph; "
             f"{type(model).__name__} is a subclassed keras.Model whose call() is Python "
@@ -143,18 +143,6 @@ def _output_layer_names(model):
     for name in model.output_names:
         names.add(name)
         layer = model.get_layer(name)
-        if isinstance(layer, keras.Model) and _is_functional(layer):
+        if isinstance(layer, keras.Model) and compat.is_functional(layer):
             names |= _output_layer_names(layer)
     return names
-
-
-@functools.cache
-def _functional_class():
-    # Keras's Functional class is private; it is what keras.Model(inputs, outputs) is.
-    inputs = keras.Input((1,))
-    return type(keras.Model(inputs, inputs))
-
-
-def _is_functional(model):
-    """Functional models (and their subclasses, such as GradMaskModel) have a graph."""
-    return isinstance(model, _functional_class())

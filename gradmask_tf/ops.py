@@ -17,6 +17,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from gradmask_tf import compat
 from gradmask_tf.errors import invalid
 
 RULES = ("none", "mean", "local", "topk", "lateral", "random")
@@ -158,9 +159,8 @@ def _rescale(g, masked, axes):
 
 def _use_nth_element():
     # NthElement is linear time and about 3x faster than top_k on the CPU, but has
-    # no XLA or GPU kernel; `get_enclosing_xla_context` is TensorFlow's exported hook
-    # for "this is being traced for XLA".
-    if tf.__internal__.get_enclosing_xla_context() is not None:
+    # no XLA or GPU kernel.
+    if compat.in_xla_context():
         return False
     return not tf.config.list_physical_devices("GPU")
 

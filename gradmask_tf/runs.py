@@ -1,5 +1,8 @@
 """Run directories: atomic files, epoch checkpoints that resume, and export.
 
+`prepare_run_dir` decides, before anything is written, whether a run starts anew,
+resumes or replaces the directory's contents.
+
 A run directory holds `config.json`, `history.csv`, `logs/` (TensorBoard),
 `checkpoints/`, and once finished `model.keras`, `saved_model/` and `metrics.json`.
 Every file is written to a temporary name and renamed into place, so a run killed at
@@ -14,7 +17,6 @@ import pathlib
 import re
 import shutil
 import tempfile
-import time
 
 import keras
 import tensorflow as tf
@@ -132,8 +134,8 @@ def restore_checkpoint(model, path):
     return read_json(path / _CHECKPOINT_HISTORY)
 
 
-class RunRecorder(keras.callbacks.Callback):
-    """Checkpoints each finished epoch and keeps `history.csv` in step with it.
+def write_checkpoint(run_dir, epoch, model, history_rows):
+    """Commits a finished epoch: its checkpoint, then `history.csv`; drops older ones.
 
     The checkpoint directory is the commit point: it is renamed into place only once
     complete, and holds the history up to its epoch, so a resumed run restarts from
@@ -141,51 +143,26 @@ class RunRecorder(keras.callbacks.Callback):
 
     Args:
       run_dir: The run directory.
-      history: History rows of the epochs already run (when resuming).
-      write: False on workers that must not write (only the chief writes).
+      epoch: The epoch just finished, counted from 1.
+      model: The model; its weights and its optimizer's state are saved.
+      history_rows: One dict of metrics per finished epoch, this one included.
+
+    Returns:
+      The checkpoint's path.
     """
+    run_dir = pathlib.Path(run_dir)
+    checkpoint = run_dir / CHECKPOINTS / f"epoch-{epoch:04d}"
 
-    def __init__(self, run_dir, history=(), write=True):
-        super().__init__()
-        self.run_dir = pathlib.Path(run_dir)
-        self.history_rows = list(history)
-        self.write = write
-        self._epoch_start = None
+    def write(directory):
+        model.save_weights(directory / _WEIGHTS)
+        atomic_write_json(directory / _CHECKPOINT_HISTORY, history_rows)
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch + 1}
-        row.update({key: float(value) for key, value in (logs or {}).items()})
-        row["epoch_seconds"] = time.perf_counter() - self._epoch_start
-        self.history_rows.append(row)
-        if not self.write:
-            return
-        checkpoint = self.run_dir / CHECKPOINTS / f"epoch-{epoch + 1:04d}"
-
-        def write(directory):
-            self.model.save_weights(directory / _WEIGHTS)
-            atomic_write_json(directory / _CHECKPOINT_HISTORY, self.history_rows)
-
-        atomic_directory(checkpoint, write)
-        atomic_write_text(self.run_dir / HISTORY, history_csv(self.history_rows))
-        for entry in (self.run_dir / CHECKPOINTS).iterdir():
-            if entry != checkpoint and _CHECKPOINT.match(entry.name):
-                shutil.rmtree(entry, ignore_errors=True)
-
-
-class MaskSchedule(keras.callbacks.Callback):
-    """Turns the masks on at `start_epoch` (0-based), off before it."""
-
-    def __init__(self, start_epoch):
-        super().__init__()
-        self.start_epoch = start_epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        from gradmask_tf.training import set_masks_enabled
-
-        set_masks_enabled(self.model, epoch >= self.start_epoch)
+    atomic_directory(checkpoint, write)
+    atomic_write_text(run_dir / HISTORY, history_csv(history_rows))
+    for entry in (run_dir / CHECKPOINTS).iterdir():
+        if entry != checkpoint and _CHECKPOINT.match(entry.name):
+            shutil.rmtree(entry, ignore_errors=True)
+    return checkpoint
 
 
 def export_saved_model(model, path, input_shape):
@@ -221,3 +198,57 @@ def save_keras_model(model, path):
     temporary = path.with_name(f".{path.stem}.tmp.keras")
     model.save(temporary)
     os.replace(temporary, path)
+
+
+class RunDirectoryError(ValueError):
+    """The run directory cannot be used as asked; the one-line message says why."""
+
+
+def prepare_run_dir(run_dir, flags, *, overwrite=False, may_differ=()):
+    """Decides between a new run, a resume and an overwrite; writes nothing.
+
+    Args:
+      run_dir: The run directory, which may not exist.
+      flags: This run's flags, as `config.json` records them (`{"flags": ...}`).
+      overwrite: Whether a finished run, a run with other flags or a directory that
+        is not a run directory may be replaced. Defaults to False.
+      may_differ: Flags that may change when a run resumes (the output directory,
+        `overwrite`). Defaults to none.
+
+    Returns:
+      `"new"` (the directory is missing or empty), `"resume"` (it holds an
+      unfinished run with the same flags) or `"overwrite"`.
+
+    Raises:
+      RunDirectoryError: Without `overwrite`, if the directory is not a run
+        directory, holds a finished run, or holds an unfinished run with other
+        flags (named in the message).
+    """
+    run_dir = pathlib.Path(run_dir)
+    config_path = run_dir / CONFIG
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return "new"
+    if overwrite:
+        return "overwrite"
+    if not config_path.exists():
+        raise RunDirectoryError(
+            f"--output_dir={run_dir} exists and is not a run directory; "
+            "choose another or pass --overwrite"
+        )
+    if (run_dir / METRICS).exists():
+        raise RunDirectoryError(
+            f"--output_dir={run_dir} holds a finished run; pass --overwrite to replace it"
+        )
+    saved = read_json(config_path).get("flags", {})
+    changed = sorted(
+        name
+        for name in set(saved) | set(flags)
+        if name not in may_differ and saved.get(name) != flags.get(name)
+    )
+    if changed:
+        raise RunDirectoryError(
+            f"--output_dir={run_dir} holds an unfinished run with other settings "
+            f"({', '.join('--' + name for name in changed)}); resume it with the same "
+            "flags, or pass --overwrite"
+        )
+    return "resume"

@@ -13,6 +13,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from tests.idx import write_idx  # noqa: E402
+
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
@@ -27,8 +29,6 @@ def rng():
 @pytest.fixture(scope="session")
 def idx_dir(tmp_path_factory):
     """A tiny Fashion-MNIST-shaped dataset as IDX files: bright squares by class."""
-    from gradmask_tf import data
-
     directory = tmp_path_factory.mktemp("idx")
     rng = np.random.default_rng(0)
     for split, count in (("train", 96), ("test", 48)):
@@ -36,5 +36,5 @@ def idx_dir(tmp_path_factory):
         images = rng.integers(0, 40, (count, 28, 28)).astype(np.uint8)
         for image, label in zip(images, labels):
             image[2 * label : 2 * label + 8, 4:12] = 250  # learnable signal
-        data.write_idx(directory, images, labels, split)
+        write_idx(directory, images, labels, split)
     return directory

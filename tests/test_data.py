@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from gradmask_tf import data
+from tests.idx import write_idx
 
 NUM_TRAIN = 20
 NUM_TEST = 12
@@ -43,7 +44,7 @@ def idx_dir(tmp_path):
     for split, count in (("train", NUM_TRAIN), ("test", NUM_TEST)):
         images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, size=(count,), dtype=np.uint8)
-        data.write_idx(tmp_path, images, labels, split)
+        write_idx(tmp_path, images, labels, split)
         arrays[split] = (images[..., None], labels)
     return tmp_path, arrays
 
@@ -66,7 +67,7 @@ def test_idx_reads_uncompressed_files_and_train_split(tmp_path):
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, size=(7, 28, 28, 1), dtype=np.uint8)
     labels = rng.integers(0, 10, size=(7,), dtype=np.uint8)
-    paths = data.write_idx(tmp_path, images, labels, "train", compress=False)
+    paths = write_idx(tmp_path, images, labels, "train", compress=False)
     assert [os.path.basename(path) for path in paths] == [
         "train-images-idx3-ubyte",
         "train-labels-idx1-ubyte",
@@ -176,16 +177,6 @@ def test_corrupt_idx_files_raise_clear_errors(idx_dir):
         file.write(b"not gzip at all")
     with pytest.raises(ValueError, match=r"Could not read IDX file .*t10k-images"):
         data.load("mnist", "test", data_dir=str(directory))
-
-
-def test_write_idx_rejects_wrong_arrays(tmp_path):
-    labels = np.zeros(3, np.uint8)
-    with pytest.raises(ValueError, match="`images_uint8`"):
-        data.write_idx(tmp_path, np.zeros((3, 28, 28), np.float32), labels, "train")
-    with pytest.raises(ValueError, match="`labels_uint8`"):
-        data.write_idx(tmp_path, np.zeros((3, 28, 28), np.uint8), labels[:2], "train")
-    with pytest.raises(ValueError, match="`split`"):
-        data.write_idx(tmp_path, np.zeros((3, 28, 28), np.uint8), labels, "valid")
 
 
 @pytest.mark.parametrize(

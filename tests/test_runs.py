@@ -1,0 +1,157 @@
+"""Tests of `gradmask_tf.runs`: atomic files, checkpoints, history and the run decision."""
+
+import json
+import os
+import stat
+
+import keras
+import numpy as np
+import pytest
+
+from gradmask_tf import runs
+
+FLAGS = {"epochs": 3, "seed": 0, "output_dir": "a", "overwrite": False}
+MAY_DIFFER = ("output_dir", "overwrite")
+
+
+def _leftovers(directory):
+    return sorted(path.name for path in directory.iterdir() if path.name.startswith("."))
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "metrics.json"
+    runs.atomic_write_json(path, {"old": 1})
+
+    def fail_halfway(file):
+        file.write('{"new": ')
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        runs.atomic_write(path, fail_halfway)
+    assert runs.read_json(path) == {"old": 1}
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_write_replaces_the_file_readable_by_all(tmp_path):
+    path = tmp_path / "deeper" / "notes.txt"
+    runs.atomic_write_text(path, "old")
+    runs.atomic_write_text(path, "new")
+    assert path.read_text() == "new"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    runs.atomic_write(path, lambda file: file.write(b"\x00\x01"), binary=True)
+    assert path.read_bytes() == b"\x00\x01"
+    assert _leftovers(path.parent) == []
+
+
+def test_atomic_directory_keeps_the_old_directory_when_writing_fails(tmp_path):
+    path = tmp_path / "saved_model"
+    runs.atomic_directory(path, lambda directory: (directory / "a").write_text("old"))
+
+    def fail_halfway(directory):
+        (directory / "a").write_text("new")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        runs.atomic_directory(path, fail_halfway)
+    assert [p.name for p in path.iterdir()] == ["a"] and (path / "a").read_text() == "old"
+    runs.atomic_directory(path, lambda directory: (directory / "b").write_text("new"))
+    assert [p.name for p in path.iterdir()] == ["b"]
+    assert _leftovers(tmp_path) == []
+
+
+def test_history_csv_puts_epoch_first_and_reads_back(tmp_path):
+    rows = [
+        {"epoch": 1, "loss": 2.5, "accuracy": 0.25},
+        {"epoch": 2, "loss": 1.5, "accuracy": 0.5, "gsnr": 0.125},
+    ]
+    text = runs.history_csv(rows)
+    assert text.splitlines()[0] == "epoch,accuracy,gsnr,loss"
+    runs.atomic_write_text(tmp_path / runs.HISTORY, text)
+    assert runs.read_history(tmp_path) == rows  # the missing gsnr stays missing
+    assert runs.read_history(tmp_path / "none") == []
+
+
+def _model(seed):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
+    return model
+
+
+def test_checkpoints_resume_from_the_last_finished_epoch(tmp_path):
+    assert runs.latest_checkpoint(tmp_path) == (0, None)
+    model = _model(0)
+    x, y = np.ones((4, 4), "float32"), np.zeros((4, 2), "float32")
+    rows = []
+    for epoch in (1, 2):
+        model.fit(x, y, verbose=0)
+        rows.append({"epoch": epoch, "loss": float(epoch)})
+        runs.write_checkpoint(tmp_path, epoch, model, rows)
+    # Only the newest checkpoint stays; an incomplete one (no weights) never counts.
+    (tmp_path / runs.CHECKPOINTS / "epoch-0003").mkdir()
+    assert sorted(p.name for p in (tmp_path / runs.CHECKPOINTS).iterdir()) == [
+        "epoch-0002",
+        "epoch-0003",
+    ]
+    epoch, path = runs.latest_checkpoint(tmp_path)
+    assert epoch == 2 and path.name == "epoch-0002"
+    assert runs.read_history(tmp_path) == rows
+
+    restored = _model(1)
+    assert runs.restore_checkpoint(restored, path) == rows
+    for got, expected in zip(restored.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(got, expected)
+    for got, expected in zip(restored.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(got.numpy(), expected.numpy())
+
+
+def _run_dir(tmp_path, flags=FLAGS, finished=False):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / runs.CONFIG).write_text(json.dumps({"flags": flags}))
+    if finished:
+        (run_dir / runs.METRICS).write_text("{}")
+    return run_dir
+
+
+def _decide(run_dir, flags=FLAGS, overwrite=False):
+    return runs.prepare_run_dir(run_dir, flags, overwrite=overwrite, may_differ=MAY_DIFFER)
+
+
+def test_prepare_run_dir_starts_anew_in_a_missing_or_empty_directory(tmp_path):
+    assert _decide(tmp_path / "missing") == "new"
+    assert _decide(tmp_path) == "new"
+    assert not (tmp_path / "missing").exists()
+
+
+def test_prepare_run_dir_resumes_an_unfinished_run_with_the_same_flags(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    assert _decide(run_dir) == "resume"
+    # The directory's own name and --overwrite may differ between the two commands.
+    assert _decide(run_dir, {**FLAGS, "output_dir": "b", "overwrite": True}) == "resume"
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        ("not a run", "exists and is not a run directory; choose another or pass --overwrite"),
+        ("finished", "holds a finished run; pass --overwrite to replace it"),
+        ("other flags", "holds an unfinished run with other settings (--epochs, --seed)"),
+    ],
+)
+def test_prepare_run_dir_refuses_in_one_line_unless_overwrite(tmp_path, setup, message):
+    if setup == "not a run":
+        run_dir = tmp_path / "run"
+        run_dir.mkdir()
+        (run_dir / "notes.txt").write_text("mine")
+    else:
+        run_dir = _run_dir(tmp_path, finished=setup == "finished")
+    flags = {**FLAGS, "epochs": 4, "seed": 1} if setup == "other flags" else FLAGS
+    before = sorted(path.name for path in run_dir.iterdir())
+    with pytest.raises(runs.RunDirectoryError) as error:
+        _decide(run_dir, flags)
+    assert str(error.value).startswith(f"--output_dir={run_dir} ")
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert _decide(run_dir, flags, overwrite=True) == "overwrite"
+    assert sorted(path.name for path in run_dir.iterdir()) == before  # decided, not done

@@ -1,0 +1,171 @@
+"""Tests of `GradMaskModel.train_step` and the mask switches of `gradmask_tf.training`."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gradmask_tf import GradientMask
+from gradmask_tf.training import GradMaskModel, mask_layers, set_masks_enabled
+
+BATCH = 8
+
+
+def _model(rule="mean", **options):
+    """Dense -> mask -> logits; no ReLU, so every gradient entry at the mask is non-zero."""
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(8, name="hidden")(inputs)
+    x = GradientMask(rule, name="mask", **options)(x)
+    return GradMaskModel(inputs, keras.layers.Dense(3, name="logits")(x))
+
+
+def _compile(model, optimizer=None):
+    # A zero learning rate: the step reports on the weights the test measured.
+    model.compile(
+        optimizer=optimizer or keras.optimizers.SGD(0.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+@pytest.fixture
+def batch(rng):
+    x = rng.normal(size=(BATCH, 6)).astype("float32")
+    y = rng.integers(0, 3, BATCH).astype("int32")
+    return x, y
+
+
+def _loss(model, x, y):
+    logits = tf.cast(model(x, training=True), tf.float32)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logits)
+
+
+def _gradient_norm(model, x, y):
+    """The global norm of the gradient the optimizer receives (masks active)."""
+    with tf.GradientTape() as tape:
+        loss = _loss(model, x, y)
+    return float(tf.linalg.global_norm(tape.gradient(loss, model.trainable_variables)))
+
+
+def _tracker(model, name):
+    return next(metric for metric in model.metrics if metric.name == name)
+
+
+def test_gradient_norm_is_the_global_norm_of_the_masked_gradient(batch):
+    model = _compile(_model("mean"))
+    expected = _gradient_norm(model, *batch)
+    logs = model.train_on_batch(*batch, return_dict=True)
+    assert logs["gradient_norm"] == pytest.approx(expected, rel=1e-5)
+    # The mask acts: the unmasked gradient has another norm.
+    set_masks_enabled(model, False)
+    assert _gradient_norm(model, *batch) != pytest.approx(expected, rel=1e-3)
+
+
+@pytest.fixture
+def mixed_float16():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_gradient_norm_undoes_loss_scaling_in_mixed_precision(batch, mixed_float16):
+    model = _compile(_model("mean"))
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    expected = _gradient_norm(model, *batch)
+    logs = model.train_on_batch(*batch, return_dict=True)
+    assert float(model.optimizer.dynamic_scale) > 1  # so forgetting to undo it shows
+    assert logs["gradient_norm"] == pytest.approx(expected, rel=1e-2)
+
+
+def test_gradient_norm_is_unscaled_by_the_scale_the_step_used(batch, mixed_float16):
+    # The scale grows after every finite step here: the step's own scale must count.
+    optimizer = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(0.0), dynamic_growth_steps=1
+    )
+    model = _compile(_model("mean"), optimizer)
+    expected = _gradient_norm(model, *batch)
+    logs = model.train_on_batch(*batch, return_dict=True)
+    assert logs["gradient_norm"] == pytest.approx(expected, rel=1e-2)
+
+
+def test_overflowed_step_is_left_out_of_the_gradient_norm(batch, mixed_float16):
+    # A loss scale of 2^60 overflows float16 in the backward pass.
+    optimizer = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(0.0), initial_scale=2.0**60
+    )
+    model = _compile(_model("mean"), optimizer)
+    logs = model.train_on_batch(*batch, return_dict=True)
+    tracker = _tracker(model, "gradient_norm")
+    assert float(tracker.count) == 0 and logs["gradient_norm"] == 0.0
+
+
+def test_loss_is_the_global_mean_under_a_mirrored_strategy(batch):
+    devices = [device.name for device in tf.config.list_logical_devices("CPU")]
+    assert len(devices) == 2, "conftest makes two logical CPU devices"
+    # Every strategy in a process numbers its collective ops from the same keys, so
+    # they could meet another test's: reducing through one device uses none.
+    strategy = tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
+    with strategy.scope():
+        model = _compile(_model("mean"))
+    x, y = batch
+    history = model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    # Keras divides each replica's loss by the number of replicas; the log does not.
+    assert history.history["loss"][0] == pytest.approx(float(_loss(model, x, y)), rel=1e-5)
+    # Each replica's own gradient norm (its half of the batch), averaged.
+    half = BATCH // 2
+    expected = np.mean([_gradient_norm(model, x[:half], y[:half]),
+                        _gradient_norm(model, x[half:], y[half:])])
+    assert history.history["gradient_norm"][0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_kept_fraction_is_reported_per_mask_point(batch):
+    # topk keeps 4 of the 8 non-zero entries of each sample.
+    model = _compile(_model("topk", keep_fraction=0.5))
+    logs = model.train_on_batch(*batch, return_dict=True)
+    assert logs["kept_fraction/mask"] == pytest.approx(0.5)
+    baseline = _compile(_model("none"))
+    assert baseline.train_on_batch(*batch, return_dict=True)["kept_fraction/mask"] == 1.0
+
+
+def test_evaluation_logs_leave_out_the_training_trackers(batch):
+    model = _compile(_model("mean"))
+    model.train_on_batch(*batch)
+    logs = model.evaluate(*batch, verbose=0, return_dict=True)
+    assert "loss" in logs
+    assert not [name for name in logs if name.startswith("kept_fraction/")]
+    assert "gradient_norm" not in logs
+
+
+def _nested_model():
+    inner_inputs = keras.Input((6,))
+    inner = keras.Model(
+        inner_inputs,
+        GradientMask("topk", keep_fraction=0.5, name="inner_mask")(
+            keras.layers.Dense(8, name="inner_dense")(inner_inputs)
+        ),
+        name="inner",
+    )
+    inputs = keras.Input((6,))
+    x = GradientMask("topk", keep_fraction=0.5, name="outer_mask")(inner(inputs))
+    return GradMaskModel(inputs, keras.layers.Dense(3, name="logits")(x))
+
+
+def test_mask_layers_finds_nested_masks_in_order():
+    model = _nested_model()
+    assert [layer.name for layer in mask_layers(model)] == ["inner_mask", "outer_mask"]
+    assert model.mask_layers == mask_layers(model)
+
+
+def test_set_masks_enabled_switches_every_mask_point(batch):
+    model = _compile(_nested_model())
+    set_masks_enabled(model, False)
+    assert not any(bool(layer.enabled.numpy()) for layer in mask_layers(model))
+    logs = model.train_on_batch(*batch, return_dict=True)
+    assert logs["kept_fraction/inner_mask"] == 1.0 and logs["kept_fraction/outer_mask"] == 1.0
+    set_masks_enabled(model, True)
+    assert all(bool(layer.enabled.numpy()) for layer in mask_layers(model))
+    model.reset_metrics()
+    logs = model.train_on_batch(*batch, return_dict=True)
+    assert logs["kept_fraction/outer_mask"] == pytest.approx(0.5)
