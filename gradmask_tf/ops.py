@@ -173,6 +173,35 @@ def _kth_largest(values, k):
     return tf.reduce_min(tf.math.top_k(values, k, sorted=False).values, axis=-1)
 
 
+def _kth_largest_per_row(values, k, max_k):
+    """The `k[...]`-th largest entry along the last axis, k varying, 1 <= k <= max_k.
+
+    `max_k - k` entries of +inf appended to a row move its k-th largest to rank
+    `max_k`, which one static (linear-time on the CPU) selection finds for every row.
+    """
+    num_padding = max_k - 1
+    if num_padding:
+        in_front = tf.range(num_padding) < (max_k - k)[..., tf.newaxis]
+        padding = tf.where(
+            in_front,
+            tf.constant(np.inf, values.dtype),
+            tf.constant(-np.inf, values.dtype),
+        )
+        values = tf.concat([values, padding], axis=-1)
+    return _kth_largest(values, max_k)
+
+
+def _topk_kth_value(magnitude, keep_fraction):
+    """The `ceil(q * n)`-th largest magnitude along the last axis, n its non-zeros."""
+    size = magnitude.shape[-1]
+    # num_kept for every possible n, looked up per neighbourhood (n = 0 reads 1: the
+    # row is all zero, so any threshold keeps it zero).
+    budget = tf.constant([num_kept(keep_fraction, n) for n in range(size + 1)], tf.int32)
+    num_nonzero = tf.reduce_sum(tf.cast(magnitude != 0, tf.int32), axis=-1)
+    k = tf.gather(budget, num_nonzero)
+    return _kth_largest_per_row(magnitude, k, num_kept(keep_fraction, size))
+
+
 def _topk_threshold(magnitude, keep_fraction, scope):
     rank = magnitude.shape.rank
     if rank == 4 and scope == "spatial":
@@ -182,19 +211,21 @@ def _topk_threshold(magnitude, keep_fraction, scope):
                 "The `topk` rule needs static spatial dimensions. "
                 f"Received a gradient of shape {magnitude.shape}."
             )
-        channels = tf.shape(magnitude)[3]
-        rows = tf.reshape(
-            tf.transpose(magnitude, [0, 3, 1, 2]), [-1, channels, height * width]
-        )
-        kth = _kth_largest(rows, num_kept(keep_fraction, height * width))
+        kth = _topk_kth_value(_spatial_rows(magnitude), keep_fraction)
         return kth[:, tf.newaxis, tf.newaxis, :]
-    size = magnitude.shape[-1]
-    if size is None:
+    if magnitude.shape[-1] is None:
         raise ValueError(
             "The `topk` rule needs a static last dimension. "
             f"Received a gradient of shape {magnitude.shape}."
         )
-    return _kth_largest(magnitude, num_kept(keep_fraction, size))[..., tf.newaxis]
+    return _topk_kth_value(magnitude, keep_fraction)[..., tf.newaxis]
+
+
+def _spatial_rows(tensor):
+    """`[N, H, W, C]` -> `[N, C, H * W]`: one row per feature map."""
+    height, width = tensor.shape[1], tensor.shape[2]
+    channels = tf.shape(tensor)[3]
+    return tf.reshape(tf.transpose(tensor, [0, 3, 1, 2]), [-1, channels, height * width])
 
 
 def _lateral_weights(zone_size):
@@ -401,10 +432,11 @@ def gradient_mask(
       rule: One of `"none"` (no masking), `"mean"` (`tau = alpha * mean |g|` over the
         neighbourhood), `"local"` (`tau = alpha *` the `kernel_size` x
         `kernel_size` spatial mean of `|g|`, padding not counted), `"topk"` (keep the
-        `ceil(keep_fraction * n)` largest `|g|` of each neighbourhood, ties kept),
-        `"lateral"` (LICNN lateral inhibition between positions, one spatial mask
-        shared by all channels) or `"random"` (the control: keep each entry with
-        probability `keep_fraction`). Defaults to `"mean"`.
+        `ceil(keep_fraction * n)` largest `|g|` of each neighbourhood, ties kept, n
+        counting only its non-zero entries), `"lateral"` (LICNN lateral inhibition
+        between positions, one spatial mask shared by all channels) or `"random"`
+        (the control: keep each entry with probability `keep_fraction`). Defaults
+        to `"mean"`.
       scope: Neighbourhood of `mean` and `topk`: `"spatial"` (the H x W positions of
         one sample and channel; on rank 2 the D units of one sample) or `"channel"`
         (the C channels at one sample and position). Defaults to `"spatial"`.

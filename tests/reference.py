@@ -121,7 +121,10 @@ def reference_mask(
         tau = np.zeros_like(magnitude)
         for index in _neighbourhoods(g.shape, scope):
             values = np.sort(magnitude[index].ravel())[::-1]
-            tau[index] = values[_kept(keep_fraction, values.size) - 1]
+            # The budget counts the non-zero entries only.
+            num_nonzero = np.count_nonzero(values)
+            if num_nonzero:
+                tau[index] = values[_kept(keep_fraction, num_nonzero) - 1]
     if tau is not None:
         if rule != "topk":  # topk's threshold is one of the entries: exact.
             borderline = np.abs(magnitude - tau) <= BORDER * np.maximum(tau, 1e-30)

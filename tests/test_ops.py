@@ -308,3 +308,30 @@ def test_constant_maps_are_kept_whole(rule):
         np.testing.assert_array_equal(actual, upstream)
     flat = np.full((3, 257), 0.1, np.float32)
     np.testing.assert_array_equal(backward(flat, flat, rule=rule), flat)
+
+
+def sparse_gradient(shape, seed, zero_share=0.4, dtype=np.float32):
+    """A random gradient with exact zeros, some of them whole positions."""
+    rng = np.random.default_rng(seed)
+    g = rng.normal(size=shape)
+    g[rng.random(shape) < zero_share] = 0.0
+    if len(shape) == 4:
+        g[rng.random(shape[:3]) < zero_share / 2] = 0.0  # positions zero in every channel
+    return g.astype(dtype)
+
+
+@pytest.mark.parametrize("soft", (False, True))
+@pytest.mark.parametrize("scope", ("spatial", "channel"))
+@pytest.mark.parametrize("rank", (2, 4))
+def test_topk_budget_counts_only_nonzero_entries(rank, scope, soft):
+    upstream = sparse_gradient(SHAPES[rank], seed=21, zero_share=0.6)
+    options = dict(rule="topk", scope=scope, soft=soft, keep_fraction=0.4)
+    expected, borderline = reference_mask(upstream, **options)
+    actual = backward(np.zeros_like(upstream), upstream, **options)
+    assert_matches_reference(actual, expected, borderline)
+    row = np.array([[3.0, 0.0, 0.0, 1.0, 2.0, 0.0, 0.0, -0.5]], np.float32)
+    # n = 4 non-zero entries: ceil(0.5 * 4) = 2 kept, not ceil(0.5 * 8) = 4.
+    np.testing.assert_array_equal(
+        backward(row, row, rule="topk"), [[3.0, 0, 0, 0, 2.0, 0, 0, 0]]
+    )
+
