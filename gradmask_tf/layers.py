@@ -43,10 +43,10 @@ class GradientMask(keras.layers.Layer):
         step, is this mask point's kept fraction (`GradMaskModel` reports it).
 
     Args:
-      rule: `"none"`, `"mean"`, `"local"`, `"topk"`, `"lateral"` or `"random"`.
-        Defaults to `"mean"`.
+      rule: `"none"`, `"mean"`, `"local"`, `"topk"`, `"lateral"`, `"log"` or
+        `"random"`. Defaults to `"mean"`.
       scope, alpha, kernel_size, keep_fraction, soft, rescale, zone_size,
-      inhibition_base, inhibition_strength: As in `gradmask_tf.gradient_mask`.
+      inhibition_base, inhibition_strength, sigma: As in `gradmask_tf.gradient_mask`.
       seed: Seed of the `random` rule. Its draws are keyed by the seed and the
         training step, so a run is reproducible. Defaults to None (a random seed).
       **kwargs: Base layer arguments (`name`, `dtype`, ...).
@@ -69,6 +69,7 @@ class GradientMask(keras.layers.Layer):
         zone_size=7,
         inhibition_base=0.1,
         inhibition_strength=0.9,
+        sigma=1.0,
         seed=None,
         **kwargs,
     ):
@@ -84,6 +85,7 @@ class GradientMask(keras.layers.Layer):
             zone_size=zone_size,
             inhibition_base=inhibition_base,
             inhibition_strength=inhibition_strength,
+            sigma=sigma,
             seed=seed,
         )
         self.rule = rule
@@ -96,6 +98,7 @@ class GradientMask(keras.layers.Layer):
         self.zone_size = zone_size
         self.inhibition_base = inhibition_base
         self.inhibition_strength = inhibition_strength
+        self.sigma = sigma
         self.seed = seed
         self.supports_masking = True
         self.enabled = self.add_weight(
@@ -143,6 +146,7 @@ class GradientMask(keras.layers.Layer):
             "zone_size": self.zone_size,
             "inhibition_base": self.inhibition_base,
             "inhibition_strength": self.inhibition_strength,
+            "sigma": self.sigma,
             "seed": self.seed,
         }
         return {**base_config, **config}

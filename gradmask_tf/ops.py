@@ -19,7 +19,9 @@ import tensorflow as tf
 
 from gradmask_tf.errors import invalid
 
-RULES = ("none", "mean", "local", "topk", "lateral", "random")
+RULES = ("none", "mean", "local", "topk", "lateral", "log", "random")
+# The rules that mask whole positions, one spatial mask shared by all channels.
+_POSITION_RULES = ("lateral", "log")
 SCOPES = ("spatial", "channel")
 
 # Keeps an all-zero magnitude map at zero in the `lateral` rule instead of 0/0.
@@ -55,6 +57,7 @@ class MaskConfig:
     zone_size: int = 7
     inhibition_base: float = 0.1
     inhibition_strength: float = 0.9
+    sigma: float = 1.0
     seed: int | None = None
 
     def __post_init__(self):
@@ -74,12 +77,16 @@ class MaskConfig:
             value = getattr(self, name)
             if not _is_real_number(value) or not value >= 0 or math.isinf(value):
                 raise invalid(name, "a finite float >= 0", value)
+        sigma = self.sigma
+        if not _is_real_number(sigma) or not sigma > 0 or math.isinf(sigma):
+            raise invalid("sigma", "a finite float > 0", self.sigma)
         for name in ("soft", "rescale"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise invalid(name, "a bool", getattr(self, name))
-        if self.soft and self.rule == "lateral":
+        if self.soft and self.rule in _POSITION_RULES:
             raise invalid(
-                "soft", "False with rule='lateral' (soft mode is not defined for it)",
+                "soft",
+                f"False with rule={self.rule!r} (soft mode is not defined for it)",
                 self.soft,
             )
         if self.seed is not None and not _is_integer(self.seed):
@@ -89,6 +96,7 @@ class MaskConfig:
         object.__setattr__(self, "keep_fraction", float(self.keep_fraction))
         object.__setattr__(self, "inhibition_base", float(self.inhibition_base))
         object.__setattr__(self, "inhibition_strength", float(self.inhibition_strength))
+        object.__setattr__(self, "sigma", float(self.sigma))
         object.__setattr__(self, "kernel_size", int(self.kernel_size))
         object.__setattr__(self, "zone_size", int(self.zone_size))
         object.__setattr__(self, "soft", bool(self.soft))
@@ -289,6 +297,120 @@ def _lateral_keep_from_magnitude(
     return tf.cast(tf.logical_not(m_hat <= inhibition_hat), tf.float32)
 
 
+def _log_kernel(zone_size, sigma):
+    """The l x l samples of -LoG_sigma at integer offsets, shifted to sum to zero.
+
+    Up to the positive factor 1 / (pi sigma^4), which leaves the sign of the
+    response, hence the mask, unchanged and keeps the weights within [-1, 1].
+    """
+    half = zone_size // 2
+    offsets = np.arange(-half, half + 1, dtype=np.float64)
+    radius2 = (offsets[:, None] ** 2 + offsets[None, :] ** 2) / (2.0 * sigma**2)
+    kernel = (1.0 - radius2) * np.exp(-radius2)
+    return (kernel - kernel.mean()).astype(np.float32)
+
+
+def _reflect_indices(size, half):
+    """The indices NumPy's `reflect` padding by `half` reads along an axis of `size`.
+
+    The edge is not repeated; where `half >= size` the reflection repeats (period
+    2 (size - 1)), as `np.pad` does, and a single row or column stays constant.
+    """
+    index = np.arange(-half, size + half)
+    if size == 1:
+        return np.zeros_like(index)
+    period = 2 * (size - 1)
+    index = np.mod(index, period)
+    return np.where(index >= size, period - index, index)
+
+
+def _log_keep(g32, zone_size, sigma):
+    """The centre-surround spatial keep map [N, H, W, 1] of a rank-4 gradient."""
+    if g32.shape[1] is None or g32.shape[2] is None:
+        raise ValueError(
+            "The `log` rule needs static spatial dimensions. "
+            f"Received a gradient of shape {g32.shape}."
+        )
+    magnitude = tf.sqrt(tf.reduce_sum(tf.square(g32), axis=3, keepdims=True))
+    return _log_keep_from_magnitude(magnitude, zone_size=zone_size, sigma=sigma)
+
+
+# Compiled with XLA for the same reason as `_lateral_keep_from_magnitude`.
+@tf.function(jit_compile=True)
+def _log_keep_from_magnitude(magnitude, *, zone_size, sigma):
+    half = zone_size // 2
+    height, width = magnitude.shape[1], magnitude.shape[2]
+    # Reflect padding as a gather of static indices: the same as tf.pad's REFLECT
+    # where that is defined (half < size), and NumPy's repeated reflection on maps
+    # smaller than the zone, where tf.pad fails.
+    padded = tf.gather(magnitude, _reflect_indices(height, half), axis=1)
+    padded = tf.gather(padded, _reflect_indices(width, half), axis=2)
+    kernel = _log_kernel(zone_size, sigma)
+    # r = sum_p K_p (m_p - m_centre): exactly 0 on a constant map, which is kept.
+    terms = [
+        float(kernel[i, j]) * (padded[:, i : i + height, j : j + width, :] - magnitude)
+        for i in range(zone_size)
+        for j in range(zone_size)
+        if (i, j) != (half, half) and kernel[i, j] != 0
+    ]
+    response = tf.add_n(terms) if terms else tf.zeros_like(magnitude)
+    # "not (r < 0)" keeps a NaN response, so a NaN gradient is passed on.
+    return tf.cast(tf.logical_not(response < 0), tf.float32)
+
+
+def _uniform(shape, dtype, config, seed):
+    """Uniform draws in [0, 1) keyed by `seed`, else `[config.seed, 0]`, else fresh."""
+    if seed is None and config.seed is not None:
+        seed = tf.constant([config.seed, 0], tf.int64)
+    if seed is None:
+        return tf.random.uniform(shape, dtype=dtype)
+    return tf.random.stateless_uniform(
+        shape, seed=tf.cast(seed, tf.int64), dtype=dtype, alg="philox"
+    )
+
+
+def _apply_rule(g, g32, rule, config, seed):
+    """Applies `rule`; returns `(masked, keep, axes)`.
+
+    The rule's output before `rescale`, its float32 keep indicator (per entry, or
+    per position `[N, H, W, 1]` for `lateral` and `log`) and the axes of the
+    neighbourhood that `rescale` uses.
+    """
+    rank = g.shape.rank
+    axes = _neighbourhood_axes(rank, config.scope)
+    if rule == "mean":
+        magnitude = tf.abs(g32)
+        tau = _mean_factor(config) * tf.reduce_mean(magnitude, axis=axes, keepdims=True)
+        masked, keep = _threshold_mask(g, magnitude, tau, config.soft)
+    elif rule == "local":
+        magnitude = tf.abs(g32)
+        # SAME average pooling does not count the padding: a true local mean.
+        local_mean = tf.nn.avg_pool2d(magnitude, config.kernel_size, 1, "SAME")
+        masked, keep = _threshold_mask(
+            g, magnitude, _mean_factor(config) * local_mean, config.soft
+        )
+        axes = (1, 2)
+    elif rule == "topk":
+        magnitude = tf.abs(g32)
+        tau = _topk_threshold(magnitude, config.keep_fraction, config.scope)
+        masked, keep = _threshold_mask(g, magnitude, tau, config.soft)
+    elif rule in _POSITION_RULES:
+        if rule == "lateral":
+            keep = _lateral_keep(
+                g32, config.zone_size, config.inhibition_base, config.inhibition_strength
+            )
+        else:
+            keep = _log_keep(g32, config.zone_size, config.sigma)
+        masked = g * tf.cast(keep, g.dtype)
+        axes = (1, 2)
+    else:  # random: a mask of the requested sparsity that knows nothing.
+        uniform = _uniform(tf.shape(g), tf.float32, config, seed)
+        keep = tf.cast(uniform < config.keep_fraction, tf.float32)
+        masked = g * tf.cast(keep, g.dtype)
+        axes = (1, 2) if rank == 4 else (1,)
+    return masked, keep, axes
+
+
 def mask_gradient(g, config, seed=None):
     """Masks a gradient by the rule of `config` (the backward of the op).
 
@@ -309,46 +431,12 @@ def mask_gradient(g, config, seed=None):
     rule = config.rule
     if rule == "none" or (rule in ("mean", "local") and config.alpha == 0):
         return g, tf.ones([], tf.float32)
-    if rank == 2 and rule in ("local", "lateral"):
-        # No spatial neighbourhood: both behave as `mean` over the D units.
+    if rank == 2 and rule in ("local",) + _POSITION_RULES:
+        # No spatial neighbourhood: they behave as `mean` over the D units.
         rule = "mean"
     # Thresholds are computed in float32 whatever the gradient's dtype.
     g32 = tf.cast(g, tf.float32)
-    axes = _neighbourhood_axes(rank, config.scope)
-    if rule == "mean":
-        magnitude = tf.abs(g32)
-        tau = _mean_factor(config) * tf.reduce_mean(magnitude, axis=axes, keepdims=True)
-        masked, keep = _threshold_mask(g, magnitude, tau, config.soft)
-    elif rule == "local":
-        magnitude = tf.abs(g32)
-        # SAME average pooling does not count the padding: a true local mean.
-        local_mean = tf.nn.avg_pool2d(magnitude, config.kernel_size, 1, "SAME")
-        masked, keep = _threshold_mask(
-            g, magnitude, _mean_factor(config) * local_mean, config.soft
-        )
-        axes = (1, 2)
-    elif rule == "topk":
-        magnitude = tf.abs(g32)
-        tau = _topk_threshold(magnitude, config.keep_fraction, config.scope)
-        masked, keep = _threshold_mask(g, magnitude, tau, config.soft)
-    elif rule == "lateral":
-        keep = _lateral_keep(
-            g32, config.zone_size, config.inhibition_base, config.inhibition_strength
-        )
-        masked = g * tf.cast(keep, g.dtype)
-        axes = (1, 2)
-    else:  # random: the control, a mask of equal sparsity that knows nothing.
-        if seed is None and config.seed is not None:
-            seed = tf.constant([config.seed, 0], tf.int64)
-        if seed is None:
-            uniform = tf.random.uniform(tf.shape(g))
-        else:
-            uniform = tf.random.stateless_uniform(
-                tf.shape(g), seed=tf.cast(seed, tf.int64), alg="philox"
-            )
-        keep = tf.cast(uniform < config.keep_fraction, tf.float32)
-        masked = g * tf.cast(keep, g.dtype)
-        axes = (1, 2) if rank == 4 else (1,)
+    masked, keep, axes = _apply_rule(g, g32, rule, config, seed)
     if config.rescale:
         masked = _rescale(g, masked, axes)
     return masked, tf.reduce_mean(keep)
@@ -416,6 +504,7 @@ def gradient_mask(
     zone_size=7,
     inhibition_base=0.1,
     inhibition_strength=0.9,
+    sigma=1.0,
     seed=None,
 ):
     """Identity forward; backward lets strong gradients through, masks weak ones.
@@ -434,23 +523,28 @@ def gradient_mask(
         `kernel_size` spatial mean of `|g|`, padding not counted), `"topk"` (keep the
         `ceil(keep_fraction * n)` largest `|g|` of each neighbourhood, ties kept, n
         counting only its non-zero entries), `"lateral"` (LICNN lateral inhibition
-        between positions, one spatial mask shared by all channels) or `"random"`
-        (the control: keep each entry with probability `keep_fraction`). Defaults
-        to `"mean"`.
+        between positions, one spatial mask shared by all channels), `"log"`
+        (centre-surround: keep the positions where the zero-sum `-LoG_sigma`
+        filter of the channel-pooled magnitude map, reflect padding, is >= 0; one
+        spatial mask shared by all channels) or `"random"` (keep each entry with
+        probability `keep_fraction`, whatever its size). Defaults to `"mean"`.
       scope: Neighbourhood of `mean` and `topk`: `"spatial"` (the H x W positions of
         one sample and channel; on rank 2 the D units of one sample) or `"channel"`
         (the C channels at one sample and position). Defaults to `"spatial"`.
       alpha: Threshold factor of `mean` and `local`, >= 0. Defaults to 1.0.
       kernel_size: Window of `local`, a positive odd integer. Defaults to 3.
       keep_fraction: Share kept by `topk` and `random`, in (0, 1]. Defaults to 0.5.
-      soft: Shrink by `tau` instead of cutting; not defined for `lateral`.
+      soft: Shrink by `tau` instead of cutting; not defined for `lateral` and `log`.
         Defaults to False.
       rescale: Multiply the masked gradient by `||g||_1 / ||g_masked||_1` per
-        neighbourhood (per feature map for `local`, `lateral`, `random`), keeping the
-        step size. Defaults to False.
-      zone_size: Zone of `lateral`, a positive odd integer. Defaults to 7.
+        neighbourhood (per feature map for `local`, `lateral`, `log`, `random`),
+        keeping the step size. Defaults to False.
+      zone_size: Zone of `lateral` and window of `log`, a positive odd integer;
+        `log` reflects the map at its borders as NumPy's `reflect` padding does,
+        repeatedly where the map is smaller than the window. Defaults to 7.
       inhibition_base: `lateral`'s base inhibition a, >= 0. Defaults to 0.1.
       inhibition_strength: `lateral`'s neighbour inhibition b, >= 0. Defaults to 0.9.
+      sigma: Scale of `log`'s Laplacian of Gaussian, > 0. Defaults to 1.0.
       seed: Integer seed of the `random` rule's stateless draw (the same mask for the
         same shape on every call), or None for a fresh draw each call. The layer keys
         its draw by its seed and the training step instead. Defaults to None.
@@ -476,6 +570,7 @@ def gradient_mask(
         zone_size=zone_size,
         inhibition_base=inhibition_base,
         inhibition_strength=inhibition_strength,
+        sigma=sigma,
         seed=seed,
     )
     return masked_identity(x, config)

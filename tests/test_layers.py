@@ -18,6 +18,7 @@ CONTRACT_CASES = [
     (dict(rule="lateral", zone_size=3), (6, 6, 2)),
     (dict(rule="random", keep_fraction=0.7, seed=3), (6, 6, 2)),
     (dict(rule="topk", keep_fraction=0.4), (5,)),
+    (dict(rule="log", zone_size=3, sigma=0.8), (6, 6, 2)),
 ]
 
 
@@ -125,10 +126,15 @@ def test_random_rule_draws_per_step_reproducibly():
 
 
 @pytest.mark.parametrize(
-    "options", [dict(rule="max"), dict(alpha=-1.0), dict(rule="lateral", soft=True)]
+    "options,name",
+    [
+        (dict(rule="max"), "rule"),
+        (dict(alpha=-1.0), "alpha"),
+        (dict(rule="lateral", soft=True), "soft"),
+        (dict(rule="log", sigma=0.0), "sigma"),
+    ],
 )
-def test_invalid_parameters_fail_at_construction(options):
-    name = next(key for key in ("alpha", "soft", "rule") if key in options)
+def test_invalid_parameters_fail_at_construction(options, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
         GradientMask(**options)
 

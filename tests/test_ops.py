@@ -44,18 +44,18 @@ def assert_matches_reference(actual, expected, borderline, atol=1e-6, rtol=1e-5)
     )
 
 
-# Every rule, scope and option on both ranks ("soft" is not defined for lateral).
+# Every rule, scope and option on both ranks ("soft" is not defined for lateral, log).
 GRID = [
     (rule, scope, soft, rescale, rank)
     for rule, scope, soft, rescale, rank in itertools.product(
-        ("none", "mean", "local", "topk", "lateral"),
+        ("none", "mean", "local", "topk", "lateral", "log"),
         ("spatial", "channel"),
         (False, True),
         (False, True),
         (2, 4),
     )
-    if not (soft and rule == "lateral")
-    and not (scope == "channel" and rule in ("none", "local", "lateral"))
+    if not (soft and rule in ("lateral", "log"))
+    and not (scope == "channel" and rule in ("none", "local", "lateral", "log"))
 ]
 
 
@@ -75,7 +75,7 @@ def test_backward_matches_reference(rule, scope, soft, rescale, rank):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("rank", (2, 4))
-@pytest.mark.parametrize("rule", ("mean", "local", "topk", "lateral"))
+@pytest.mark.parametrize("rule", ("mean", "local", "topk", "lateral", "log"))
 def test_same_results_eagerly_in_function_and_xla(rule, rank, mode):
     upstream = random_gradient(rank, seed=7)
     options = dict(rule=rule, rescale=True)
@@ -96,6 +96,9 @@ def test_same_results_eagerly_in_function_and_xla(rule, rank, mode):
         dict(rule="lateral", zone_size=1),
         dict(rule="lateral", zone_size=3, inhibition_strength=0.0),
         dict(rule="lateral", zone_size=3, inhibition_base=0.0),
+        dict(rule="log", zone_size=3, sigma=0.5),
+        dict(rule="log", zone_size=5, sigma=2.0),
+        dict(rule="log", zone_size=1),
     ],
 )
 def test_parameters_change_the_mask_as_the_reference_does(options):
@@ -171,7 +174,7 @@ class TestRandomRule:
 @pytest.mark.parametrize(
     "dtype", [np.float16, ml_dtypes.bfloat16, np.float32, np.float64]
 )
-@pytest.mark.parametrize("rule", ("mean", "local", "topk", "lateral"))
+@pytest.mark.parametrize("rule", ("mean", "local", "topk", "lateral", "log"))
 def test_dtypes_threshold_in_float32_result_in_gradient_dtype(rule, dtype):
     upstream = random_gradient(4, seed=9).astype(dtype)
     actual = backward(np.zeros_like(upstream), upstream, rule=rule)
@@ -196,8 +199,8 @@ def test_float16_threshold_does_not_overflow():
 @pytest.mark.parametrize("rescale", (False, True))
 @pytest.mark.parametrize("rule", ops.RULES)
 def test_all_zero_gradient_gives_zeros(rule, soft, rescale):
-    if soft and rule == "lateral":
-        pytest.skip("soft is not defined for lateral")
+    if soft and rule in ("lateral", "log"):
+        pytest.skip("soft is not defined for lateral and log")
     for rank in (2, 4):
         zeros = np.zeros(SHAPES[rank], np.float32)
         actual = backward(
@@ -207,10 +210,10 @@ def test_all_zero_gradient_gives_zeros(rule, soft, rescale):
 
 
 @pytest.mark.parametrize("soft", (False, True))
-@pytest.mark.parametrize("rule", ("mean", "local", "topk", "lateral", "random"))
+@pytest.mark.parametrize("rule", ("mean", "local", "topk", "lateral", "log", "random"))
 def test_nan_in_gradient_is_passed_on(rule, soft):
-    if soft and rule == "lateral":
-        pytest.skip("soft is not defined for lateral")
+    if soft and rule in ("lateral", "log"):
+        pytest.skip("soft is not defined for lateral and log")
     upstream = random_gradient(4, seed=2)
     upstream[0, 1, 1, 0] = np.nan
     options = dict(rule=rule, soft=soft, seed=0)
@@ -236,8 +239,14 @@ INVALID = [
     (dict(inhibition_base=-1.0), "inhibition_base"),
     (dict(inhibition_strength=-0.5), "inhibition_strength"),
     (dict(rule="lateral", soft=True), "soft"),
+    (dict(rule="log", soft=True), "soft"),
     (dict(soft="yes"), "soft"),
     (dict(seed=1.5), "seed"),
+    (dict(rule="log", sigma=0.0), "sigma"),
+    (dict(sigma=-1.0), "sigma"),
+    (dict(sigma=float("nan")), "sigma"),
+    (dict(sigma=float("inf")), "sigma"),
+    (dict(sigma="1"), "sigma"),
 ]
 
 
@@ -318,6 +327,38 @@ def sparse_gradient(shape, seed, zero_share=0.4, dtype=np.float32):
     if len(shape) == 4:
         g[rng.random(shape[:3]) < zero_share / 2] = 0.0  # positions zero in every channel
     return g.astype(dtype)
+
+
+class TestLogRule:
+    def test_constant_maps_are_kept_whole(self):
+        # r = sum_p K_p (m_p - m_centre) is exactly 0 on a constant magnitude map.
+        rng = np.random.default_rng(13)
+        for size in (1, 3, 8):
+            channels = rng.normal(size=3).astype(np.float32) * 10.0 ** rng.uniform(-6, 3)
+            upstream = np.ascontiguousarray(np.broadcast_to(channels, (2, size, size, 3)))
+            actual = backward(np.zeros_like(upstream), upstream, rule="log", sigma=0.7)
+            np.testing.assert_array_equal(actual, upstream)
+
+    @pytest.mark.parametrize(
+        "shape", [(2, 1, 1, 2), (2, 2, 3, 2), (1, 3, 3, 2), (2, 4, 2, 1)]
+    )
+    def test_maps_smaller_than_the_zone_reflect_as_numpy_does(self, shape):
+        # np.pad's `reflect` repeats the reflection where the map is smaller than the
+        # zone's half (tf.pad's REFLECT cannot); a 1x1 map is constant, kept whole.
+        upstream = sparse_gradient(shape, seed=sum(shape), zero_share=0.2)
+        expected, borderline = reference_mask(upstream, "log", zone_size=7)
+        assert not borderline.any()
+        actual = backward(np.zeros_like(upstream), upstream, rule="log", zone_size=7)
+        assert_matches_reference(actual, expected, borderline)
+
+    def test_centre_survives_and_surround_is_inhibited(self):
+        upstream = np.full((1, 7, 7, 1), 0.1, np.float32)
+        upstream[0, 3, 3, 0] = 1.0
+        keep = backward(np.zeros_like(upstream), upstream, rule="log", zone_size=5) != 0
+        assert keep[0, 3, 3, 0]
+        # The ring at distance 2, where -LoG is negative beside a strong centre, falls.
+        assert not keep[0, 1, 3, 0] and not keep[0, 3, 5, 0]
+        assert keep[0, 0, 0, 0]  # far from the centre: a flat map, kept
 
 
 @pytest.mark.parametrize("soft", (False, True))
