@@ -39,8 +39,11 @@ class GradientMask(keras.layers.Layer):
     Attributes:
       enabled: A non-trainable bool variable. `layer.enabled.assign(False)` turns
         masking off (warm-up, ablation) without retracing the training step.
-      gradient_probe: A non-trainable float32 scalar whose gradient, in a training
-        step, is this mask point's kept fraction (`GradMaskModel` reports it).
+      gradient_probe: A non-trainable float32 `[2]` variable whose gradient, in a
+        training step, is this mask point's `[kept_fraction, kept_l1]`: the share
+        of the finite non-zero gradient entries that the mask passes and the share
+        of their L1 mass it selects (`[1, 1]` while disabled; see
+        `gradmask_tf.mask_gradient`). `GradMaskModel` reports them.
 
     Args:
       rule: `"none"`, `"mean"`, `"local"`, `"topk"`, `"lateral"`, `"log"` or
@@ -105,7 +108,7 @@ class GradientMask(keras.layers.Layer):
             shape=(), dtype="bool", initializer="ones", trainable=False, name="enabled"
         )
         self.gradient_probe = self.add_weight(
-            shape=(),
+            shape=(2,),
             dtype="float32",
             initializer="zeros",
             trainable=False,

@@ -2,7 +2,8 @@
 
 Pure TensorFlow (no Keras import). `gradient_mask` is the public op; the layer in
 `layers.py` calls `masked_identity` with its `enabled` switch, a per-step seed and a
-probe that reports the kept fraction through the backward pass.
+probe that reports the mask's statistics (`kept_fraction`, `kept_l1`) through the
+backward pass.
 
 References:
   Jiang, Liu, Xiao, Chua. "Gradient Mask: Lateral Inhibition Mechanism Improves
@@ -369,6 +370,26 @@ def _uniform(shape, dtype, config, seed):
     )
 
 
+def _statistics(g32, keep):
+    """`[kept_fraction, kept_l1]` of a keep indicator over the finite non-zero entries.
+
+    Both are 1 where there is no such entry (nothing to mask). `keep` is per entry
+    or per position `[N, H, W, 1]`, whose channels are then counted as entries.
+    """
+    # |g| with the non-finite entries (NaN < inf is false) set to zero: the entries
+    # counted are then exactly its non-zero ones.
+    magnitude = tf.abs(g32)
+    magnitude = tf.where(magnitude < np.inf, magnitude, 0.0)
+    passed = magnitude * tf.cast(keep > 0, tf.float32)
+    count = tf.cast(tf.math.count_nonzero(magnitude), tf.float64)
+    passed_count = tf.cast(tf.math.count_nonzero(passed), tf.float64)
+    mass = tf.reduce_sum(magnitude)
+    passed_mass = tf.reduce_sum(passed)
+    kept_fraction = tf.where(count > 0, passed_count / tf.maximum(count, 1.0), 1.0)
+    kept_l1 = tf.where(mass > 0, passed_mass / tf.where(mass > 0, mass, 1.0), 1.0)
+    return tf.stack([tf.cast(kept_fraction, tf.float32), kept_l1])
+
+
 def _apply_rule(g, g32, rule, config, seed):
     """Applies `rule`; returns `(masked, keep, axes)`.
 
@@ -422,15 +443,19 @@ def mask_gradient(g, config, seed=None):
         stateful draw is made.
 
     Returns:
-      `(masked, kept_fraction)`: the masked gradient, with the dtype of `g`, and
-      the float32 scalar share of entries that were kept.
+      `(masked, statistics)`: the masked gradient, with the dtype of `g`, and a
+      float32 `[2]` tensor `[kept_fraction, kept_l1]`: the share of the finite
+      non-zero entries of `g` that the mask passes (entries, not positions, for
+      `lateral` and `log`), and the share of their L1 mass it selects (before
+      `rescale`). Entries that arrive as zero are not counted; both are 1 for
+      `none` and where `g` has no finite non-zero entry.
     """
     g = tf.convert_to_tensor(g)
     rank = g.shape.rank
     _check_tensor(g)
     rule = config.rule
     if rule == "none" or (rule in ("mean", "local") and config.alpha == 0):
-        return g, tf.ones([], tf.float32)
+        return g, tf.ones([2], tf.float32)
     if rank == 2 and rule in ("local",) + _POSITION_RULES:
         # No spatial neighbourhood: they behave as `mean` over the D units.
         rule = "mean"
@@ -439,7 +464,7 @@ def mask_gradient(g, config, seed=None):
     masked, keep, axes = _apply_rule(g, g32, rule, config, seed)
     if config.rescale:
         masked = _rescale(g, masked, axes)
-    return masked, tf.reduce_mean(keep)
+    return masked, _statistics(g32, keep)
 
 
 def masked_identity(x, config, *, enabled=True, seed=None, probe=None):
@@ -457,8 +482,9 @@ def masked_identity(x, config, *, enabled=True, seed=None, probe=None):
       enabled: A Python bool or a scalar bool tensor; when false the gradient passes
         unchanged, with no retracing when a tensor flips.
       seed: A `[2]` integer tensor keying the `random` rule's draw, or None.
-      probe: A float32 scalar tensor, or None. Its gradient is the kept fraction of
-        this mask point, so a training step can report it without side effects.
+      probe: A float32 `[2]` tensor, or None. Its gradient is this mask point's
+        `[kept_fraction, kept_l1]` (see `mask_gradient`; `[1, 1]` when disabled), so
+        a training step can report them without side effects.
 
     Returns:
       A tensor equal to `x`.
@@ -467,7 +493,7 @@ def masked_identity(x, config, *, enabled=True, seed=None, probe=None):
     _check_tensor(x)
     use_seed = seed is not None
     seed = tf.cast(seed, tf.int64) if use_seed else tf.zeros([2], tf.int64)
-    probe = tf.zeros([], tf.float32) if probe is None else probe
+    probe = tf.zeros([2], tf.float32) if probe is None else probe
     static_enabled = enabled if isinstance(enabled, bool) else None
     enabled = tf.convert_to_tensor(enabled, tf.bool)
 
@@ -478,13 +504,13 @@ def masked_identity(x, config, *, enabled=True, seed=None, probe=None):
                 return mask_gradient(upstream, config, seed if use_seed else None)
 
             def passed():
-                return upstream, tf.ones([], tf.float32)
+                return upstream, tf.ones([2], tf.float32)
 
             if static_enabled is None:
-                result, kept = tf.cond(enabled, masked, passed)
+                result, statistics = tf.cond(enabled, masked, passed)
             else:
-                result, kept = masked() if static_enabled else passed()
-            return result, None, None, kept
+                result, statistics = masked() if static_enabled else passed()
+            return result, None, None, statistics
 
         return tf.identity(x), grad
 

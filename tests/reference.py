@@ -3,7 +3,7 @@
 Written from the specification with loops where they keep it obvious, not from
 `ops.py`. Thresholds are computed in float64 here, so `reference_mask` also returns
 the entries that sit within rounding of their threshold: the op (float32) may decide
-those either way.
+those either way. `reference_statistics` gives the mask metrics.
 """
 
 import math
@@ -207,3 +207,23 @@ def reference_mask(g, rule="mean", *, scope="spatial", rescale=False, random_kee
                 masked[index] *= magnitude[index].sum() / kept
     return masked.astype(g.dtype), borderline
 
+
+def reference_keep(g, rule="mean", *, scope="spatial", random_keep=None, **options):
+    """Returns `(keep, borderline)`: which entries the rule's mask passes."""
+    rule, options = _options(g, rule, scope, options)
+    _, keep, borderline = _rule(g.astype(np.float64), rule, options, random_keep)
+    return keep, borderline
+
+
+def reference_statistics(g, keep):
+    """`(kept_fraction, kept_l1)` of a keep map over the finite non-zero entries of g.
+
+    Both are 1 where g has no finite non-zero entry.
+    """
+    g64 = g.astype(np.float64)
+    counted = np.isfinite(g64) & (g64 != 0)
+    passed = counted & np.broadcast_to(keep, g.shape)
+    if not counted.any():
+        return 1.0, 1.0
+    mass = np.abs(g64[counted]).sum()
+    return passed.sum() / counted.sum(), np.abs(g64[passed]).sum() / mass

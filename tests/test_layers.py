@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from gradmask_tf import GradientMask
 from tests.layer_contract import check_layer_contract
-from tests.reference import reference_mask
+from tests.reference import reference_keep, reference_mask, reference_statistics
 
 CONTRACT_CASES = [
     (dict(rule="none"), (6, 6, 2)),
@@ -99,16 +99,21 @@ def test_enabled_switch_flips_without_retracing():
     np.testing.assert_array_equal(masked_again, masked)
 
 
-def test_gradient_probe_reports_kept_fraction():
+def test_gradient_probe_reports_kept_fraction_and_kept_l1():
     rng = np.random.default_rng(2)
     x = tf.constant(rng.normal(size=(3, 8)).astype("float32"))
     upstream = rng.normal(size=(3, 8)).astype("float32")
+    upstream[:, :2] = 0.0  # zero entries: not counted, nor part of topk's budget
     layer = GradientMask("topk", keep_fraction=0.25)
+    assert tuple(layer.gradient_probe.shape) == (2,)
     with tf.GradientTape() as tape:
         tape.watch(layer.gradient_probe.value)
         y = layer(x, training=True)
-    (kept,) = tape.gradient(y, [layer.gradient_probe], output_gradients=upstream)
-    assert float(kept) == pytest.approx(0.25)
+    (statistics,) = tape.gradient(y, [layer.gradient_probe], output_gradients=upstream)
+    keep, _ = reference_keep(upstream, "topk", keep_fraction=0.25)
+    expected = reference_statistics(upstream, keep)
+    assert expected[0] == pytest.approx(2 / 6)  # ceil(0.25 * 6) of the 6 non-zero
+    np.testing.assert_allclose(statistics.numpy(), expected, rtol=1e-6)
 
 
 def test_random_rule_draws_per_step_reproducibly():

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from gradmask_tf import MaskConfig, gradient_mask, mask_gradient
 from gradmask_tf import ops
-from tests.reference import reference_mask
+from tests.reference import reference_keep, reference_mask, reference_statistics
 
 SHAPES = {2: (3, 9), 4: (2, 6, 5, 3)}
 MODES = ("eager", "function", "xla")
@@ -283,23 +283,25 @@ def test_masks_whichever_way_the_op_is_called():
         np.testing.assert_allclose(actual, expected, rtol=1e-6, err_msg=name)
 
 
-def test_masked_identity_reports_kept_fraction_and_obeys_enabled():
+def test_masked_identity_reports_statistics_and_obeys_enabled():
     x = tf.constant(random_gradient(4, seed=6))
     upstream = tf.constant(random_gradient(4, seed=8))
     config = MaskConfig("mean")
-    _, expected_kept = mask_gradient(upstream, config)
-    probe = tf.zeros([])
+    _, expected = mask_gradient(upstream, config)
+    probe = tf.zeros([2])
     for enabled in (True, False, tf.constant(True), tf.constant(False)):
         with tf.GradientTape() as tape:
             tape.watch([x, probe])
             y = ops.masked_identity(x, config, enabled=enabled, probe=probe)
-        grad_x, kept = tape.gradient(y, [x, probe], output_gradients=upstream)
+        grad_x, statistics = tape.gradient(y, [x, probe], output_gradients=upstream)
+        assert statistics.shape == (2,) and statistics.dtype == tf.float32
         if bool(enabled):
-            assert float(kept) == pytest.approx(float(expected_kept))
-            assert 0 < float(kept) < 1
+            np.testing.assert_allclose(statistics.numpy(), expected.numpy())
+            # kept_fraction < kept_l1 < 1: the mask keeps the larger entries.
+            assert 0 < statistics[0] < statistics[1] < 1
             assert (grad_x.numpy() == 0).any()
         else:
-            assert float(kept) == 1.0
+            np.testing.assert_array_equal(statistics.numpy(), [1.0, 1.0])
             np.testing.assert_array_equal(grad_x.numpy(), upstream.numpy())
 
 
@@ -375,4 +377,50 @@ def test_topk_budget_counts_only_nonzero_entries(rank, scope, soft):
     np.testing.assert_array_equal(
         backward(row, row, rule="topk"), [[3.0, 0, 0, 0, 2.0, 0, 0, 0]]
     )
+
+
+STATISTICS_CASES = [
+    dict(rule="mean"),
+    dict(rule="mean", scope="channel", soft=True, alpha=0.7),
+    dict(rule="local", kernel_size=5),
+    dict(rule="topk", keep_fraction=0.3),
+    dict(rule="topk", scope="channel", soft=True),
+    dict(rule="lateral", zone_size=3),
+    dict(rule="log", zone_size=5),
+]
+
+
+@pytest.mark.parametrize("rank", (2, 4))
+@pytest.mark.parametrize("options", STATISTICS_CASES)
+def test_statistics_count_nonzero_entries_and_their_l1_mass(options, rank):
+    upstream = sparse_gradient(SHAPES[rank], seed=31, zero_share=0.5)
+    keep, borderline = reference_keep(upstream, **options)
+    assert not (borderline & (upstream != 0)).any()  # zero entries do not count
+    expected = reference_statistics(upstream, keep)
+    _, statistics = mask_gradient(upstream, MaskConfig(**options, rescale=True))
+    np.testing.assert_allclose(statistics.numpy(), expected, rtol=1e-6)
+    # Zero entries carry nothing: adding more of them changes neither figure.
+    padded = np.concatenate([upstream, np.zeros_like(upstream)], axis=0)
+    _, padded_statistics = mask_gradient(padded, MaskConfig(**options))
+    np.testing.assert_allclose(padded_statistics.numpy(), expected, rtol=1e-6)
+
+
+def test_statistics_of_none_random_all_zero_and_nan():
+    upstream = sparse_gradient(SHAPES[4], seed=32)
+    _, statistics = mask_gradient(upstream, MaskConfig("none"))
+    np.testing.assert_array_equal(statistics.numpy(), [1.0, 1.0])
+    _, statistics = mask_gradient(np.zeros_like(upstream), MaskConfig("topk"))
+    np.testing.assert_array_equal(statistics.numpy(), [1.0, 1.0])
+    masked, statistics = mask_gradient(upstream, MaskConfig("random", seed=4))
+    drawn = masked.numpy() != 0
+    np.testing.assert_allclose(
+        statistics.numpy(), reference_statistics(upstream, drawn), rtol=1e-6
+    )
+    # A NaN is left out: the figures are those of the finite entries.
+    upstream[1, 2, 2, 1] = np.nan
+    masked, statistics = mask_gradient(upstream, MaskConfig("mean"))
+    kept = np.isfinite(masked.numpy()) & (masked.numpy() != 0)
+    expected = reference_statistics(upstream, kept)
+    assert np.isfinite(expected).all()
+    np.testing.assert_allclose(statistics.numpy(), expected, rtol=1e-6)
 
