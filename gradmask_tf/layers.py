@@ -10,7 +10,8 @@ from gradmask_tf import ops
 def point_seeds(seed):
     """Seeds of successive mask points: `seed`, `seed + 1`, ..., or always None.
 
-    A model's `random` masks must draw independently, so each point gets its own.
+    A model's `random` masks and matched controls must draw independently, so each
+    point gets its own.
     """
     if seed is None:
         return itertools.repeat(None)
@@ -48,10 +49,12 @@ class GradientMask(keras.layers.Layer):
     Args:
       rule: `"none"`, `"mean"`, `"local"`, `"topk"`, `"lateral"`, `"log"` or
         `"random"`. Defaults to `"mean"`.
-      scope, alpha, kernel_size, keep_fraction, soft, rescale, zone_size,
-      inhibition_base, inhibition_strength, sigma: As in `gradmask_tf.gradient_mask`.
-      seed: Seed of the `random` rule. Its draws are keyed by the seed and the
-        training step, so a run is reproducible. Defaults to None (a random seed).
+      scope, alpha, kernel_size, keep_fraction, soft, rescale, control, zone_size,
+      inhibition_base, inhibition_strength, sigma: As in
+      `gradmask_tf.gradient_mask`.
+      seed: Seed of the draws of the `random` rule and of the matched control
+        (`control=True`). They are keyed by the seed and the training step, so a
+        run is reproducible. Defaults to None (a random seed).
       **kwargs: Base layer arguments (`name`, `dtype`, ...).
 
     References:
@@ -69,6 +72,7 @@ class GradientMask(keras.layers.Layer):
         keep_fraction=0.5,
         soft=False,
         rescale=False,
+        control=False,
         zone_size=7,
         inhibition_base=0.1,
         inhibition_strength=0.9,
@@ -85,6 +89,7 @@ class GradientMask(keras.layers.Layer):
             keep_fraction=keep_fraction,
             soft=soft,
             rescale=rescale,
+            control=control,
             zone_size=zone_size,
             inhibition_base=inhibition_base,
             inhibition_strength=inhibition_strength,
@@ -98,6 +103,7 @@ class GradientMask(keras.layers.Layer):
         self.keep_fraction = keep_fraction
         self.soft = soft
         self.rescale = rescale
+        self.control = control
         self.zone_size = zone_size
         self.inhibition_base = inhibition_base
         self.inhibition_strength = inhibition_strength
@@ -114,10 +120,10 @@ class GradientMask(keras.layers.Layer):
             trainable=False,
             name="gradient_probe",
         )
-        # Only the `random` rule draws; its generator advances once per training
-        # call, which keys the draw by seed and training step.
+        # Only the `random` rule and the control draw; the generator advances once
+        # per training call, which keys the draw by seed and training step.
         self.seed_generator = (
-            keras.random.SeedGenerator(seed) if rule == "random" else None
+            keras.random.SeedGenerator(seed) if rule == "random" or control else None
         )
         self.built = True
 
@@ -146,6 +152,7 @@ class GradientMask(keras.layers.Layer):
             "keep_fraction": self.keep_fraction,
             "soft": self.soft,
             "rescale": self.rescale,
+            "control": self.control,
             "zone_size": self.zone_size,
             "inhibition_base": self.inhibition_base,
             "inhibition_strength": self.inhibition_strength,

@@ -55,6 +55,7 @@ class MaskConfig:
     keep_fraction: float = 0.5
     soft: bool = False
     rescale: bool = False
+    control: bool = False
     zone_size: int = 7
     inhibition_base: float = 0.1
     inhibition_strength: float = 0.9
@@ -81,7 +82,7 @@ class MaskConfig:
         sigma = self.sigma
         if not _is_real_number(sigma) or not sigma > 0 or math.isinf(sigma):
             raise invalid("sigma", "a finite float > 0", self.sigma)
-        for name in ("soft", "rescale"):
+        for name in ("soft", "rescale", "control"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise invalid(name, "a bool", getattr(self, name))
         if self.soft and self.rule in _POSITION_RULES:
@@ -89,6 +90,18 @@ class MaskConfig:
                 "soft",
                 f"False with rule={self.rule!r} (soft mode is not defined for it)",
                 self.soft,
+            )
+        if self.control and self.rule in ("none", "random"):
+            raise invalid(
+                "control",
+                f"False with rule={self.rule!r} (the matched control exists for "
+                "mean, local, topk, lateral and log)",
+                self.control,
+            )
+        if self.control and self.soft:
+            raise invalid(
+                "control", "False with soft=True (the control keeps whole entries)",
+                self.control,
             )
         if self.seed is not None and not _is_integer(self.seed):
             raise invalid("seed", "an integer or None", self.seed)
@@ -102,6 +115,7 @@ class MaskConfig:
         object.__setattr__(self, "zone_size", int(self.zone_size))
         object.__setattr__(self, "soft", bool(self.soft))
         object.__setattr__(self, "rescale", bool(self.rescale))
+        object.__setattr__(self, "control", bool(self.control))
         if self.seed is not None:
             object.__setattr__(self, "seed", int(self.seed))
 
@@ -237,6 +251,12 @@ def _spatial_rows(tensor):
     return tf.reshape(tf.transpose(tensor, [0, 3, 1, 2]), [-1, channels, height * width])
 
 
+def _from_spatial_rows(rows, height, width):
+    """The inverse of `_spatial_rows`."""
+    channels = tf.shape(rows)[1]
+    return tf.transpose(tf.reshape(rows, [-1, channels, height, width]), [0, 2, 3, 1])
+
+
 def _lateral_weights(zone_size):
     """(d / l) * exp(-d / l) for each offset of the l x l zone; 0 at the centre."""
     half = zone_size // 2
@@ -370,6 +390,101 @@ def _uniform(shape, dtype, config, seed):
     )
 
 
+def _choose_uniformly(eligible, num_chosen, uniform):
+    """`num_chosen[...]` of the `eligible` entries of each row, uniformly at random.
+
+    Args:
+      eligible: A bool tensor `[..., S]` with a static S.
+      num_chosen: An int32 tensor `[...]`, at most each row's number of eligible
+        entries.
+      uniform: A function of a shape that returns float64 draws in [0, 1).
+
+    Returns:
+      A bool tensor like `eligible` with exactly `num_chosen` true entries per row.
+    """
+    size = eligible.shape[-1]
+    # Distinct keys, so that exactly k keys reach the k-th largest: a random
+    # integer of 52 - log2(S) bits, ties broken by the index; exact in float64.
+    bits = 52 - (size - 1).bit_length()
+    keys = tf.floor(uniform(tf.shape(eligible)) * 2.0**bits) * size + tf.range(
+        size, dtype=tf.float64
+    )
+    keys = tf.where(eligible, keys, -1.0)
+    threshold = _kth_largest_per_row(keys, tf.maximum(num_chosen, 1), size)
+    chosen = tf.logical_and(eligible, keys >= threshold[..., tf.newaxis])
+    return tf.logical_and(chosen, (num_chosen > 0)[..., tf.newaxis])
+
+
+def _matched_control(g, g32, masked, keep, *, rule, scope, uniform):
+    """The rule's count and L1 mass per neighbourhood, at uniformly random places.
+
+    Args:
+      g: The gradient; `g32` the same in float32.
+      masked: The rule's final output (after `rescale`).
+      keep: The rule's float32 keep indicator, per entry or (`lateral`, `log`) per
+        position `[N, H, W, 1]`.
+      rule: The rule applied (`mean` for `local`, `lateral`, `log` on rank 2).
+      scope: The configured scope.
+      uniform: As in `_choose_uniformly`.
+
+    Returns:
+      `(controlled, chosen)`: the control's output, with the dtype of `g`, and its
+      float32 keep indicator per entry.
+    """
+    rank = g.shape.rank
+    finite = tf.math.is_finite(g32)
+    # Non-finite entries are passed on and are not part of the count or the mass.
+    eligible = tf.logical_and(finite, g32 != 0)
+    kept = tf.logical_and(eligible, keep > 0)
+    positions = rule in _POSITION_RULES
+    if positions:
+        # A position is a unit: eligible where any channel is finite and non-zero.
+        eligible_units = tf.reduce_any(eligible, axis=3, keepdims=True)
+        kept_units = tf.reduce_any(kept, axis=3, keepdims=True)
+        axes = (1, 2, 3)
+    else:
+        eligible_units, kept_units = eligible, kept
+        local = rank == 4 and rule == "local"
+        axes = (1, 2) if local else _neighbourhood_axes(rank, scope)
+    by_map = rank == 4 and axes != (3,)
+    if None in (g.shape[1:3] if by_map else g.shape[-1:]):
+        raise ValueError(
+            "The matched control (`control=True`) needs static neighbourhood sizes. "
+            f"Received a gradient of shape {g.shape}."
+        )
+    if by_map:
+        height, width = g.shape[1], g.shape[2]
+        chosen = _choose_uniformly(
+            _spatial_rows(eligible_units),
+            tf.reduce_sum(tf.cast(_spatial_rows(kept_units), tf.int32), axis=-1),
+            uniform,
+        )
+        chosen = _from_spatial_rows(chosen, height, width)
+    else:
+        chosen = _choose_uniformly(
+            eligible_units,
+            tf.reduce_sum(tf.cast(kept_units, tf.int32), axis=-1),
+            uniform,
+        )
+    chosen = tf.logical_and(chosen, eligible)  # positions: over their channels
+    masked32 = tf.cast(masked, tf.float32)
+    target = tf.reduce_sum(
+        tf.where(tf.math.is_finite(masked32), tf.abs(masked32), 0.0),
+        axis=axes,
+        keepdims=True,
+    )
+    selected = tf.reduce_sum(
+        tf.where(chosen, tf.abs(g32), 0.0), axis=axes, keepdims=True
+    )
+    scale = tf.where(selected > 0, target / tf.where(selected > 0, selected, 1.0), 0.0)
+    factor = tf.where(chosen, scale, 0.0)
+    # The product in float64 for a float64 gradient, so its entries keep their
+    # precision; float32 otherwise, so a large factor does not overflow float16.
+    wide = tf.float64 if g.dtype == tf.float64 else tf.float32
+    controlled = tf.cast(tf.cast(g, wide) * tf.cast(factor, wide), g.dtype)
+    return tf.where(finite, controlled, g), tf.cast(chosen, tf.float32)
+
+
 def _statistics(g32, keep):
     """`[kept_fraction, kept_l1]` of a keep indicator over the finite non-zero entries.
 
@@ -438,23 +553,25 @@ def mask_gradient(g, config, seed=None):
     Args:
       g: The gradient, rank 2 `[N, D]` or rank 4 `[N, H, W, C]`, any float dtype.
       config: A `MaskConfig`.
-      seed: For the `random` rule, a `[2]` integer tensor for a stateless draw; if
-        None, `config.seed` is used (`[seed, 0]`), and with no seed at all a fresh
-        stateful draw is made.
+      seed: For the `random` rule and the matched control, a `[2]` integer tensor
+        for a stateless draw; if None, `config.seed` is used (`[seed, 0]`), and with
+        no seed at all a fresh stateful draw is made.
 
     Returns:
       `(masked, statistics)`: the masked gradient, with the dtype of `g`, and a
       float32 `[2]` tensor `[kept_fraction, kept_l1]`: the share of the finite
       non-zero entries of `g` that the mask passes (entries, not positions, for
       `lateral` and `log`), and the share of their L1 mass it selects (before
-      `rescale`). Entries that arrive as zero are not counted; both are 1 for
-      `none` and where `g` has no finite non-zero entry.
+      `rescale` and the control's scaling). Entries that arrive as zero are not
+      counted; both are 1 for `none` and where `g` has no finite non-zero entry.
+      With `control=True` they describe the control's own selection.
     """
     g = tf.convert_to_tensor(g)
     rank = g.shape.rank
     _check_tensor(g)
     rule = config.rule
     if rule == "none" or (rule in ("mean", "local") and config.alpha == 0):
+        # alpha = 0 keeps every entry, and so does its control.
         return g, tf.ones([2], tf.float32)
     if rank == 2 and rule in ("local",) + _POSITION_RULES:
         # No spatial neighbourhood: they behave as `mean` over the D units.
@@ -464,6 +581,16 @@ def mask_gradient(g, config, seed=None):
     masked, keep, axes = _apply_rule(g, g32, rule, config, seed)
     if config.rescale:
         masked = _rescale(g, masked, axes)
+    if config.control:
+        masked, keep = _matched_control(
+            g,
+            g32,
+            masked,
+            keep,
+            rule=rule,
+            scope=config.scope,
+            uniform=lambda shape: _uniform(shape, tf.float64, config, seed),
+        )
     return masked, _statistics(g32, keep)
 
 
@@ -481,7 +608,8 @@ def masked_identity(x, config, *, enabled=True, seed=None, probe=None):
       config: A `MaskConfig`.
       enabled: A Python bool or a scalar bool tensor; when false the gradient passes
         unchanged, with no retracing when a tensor flips.
-      seed: A `[2]` integer tensor keying the `random` rule's draw, or None.
+      seed: A `[2]` integer tensor keying the draws of the `random` rule and of the
+        matched control, or None.
       probe: A float32 `[2]` tensor, or None. Its gradient is this mask point's
         `[kept_fraction, kept_l1]` (see `mask_gradient`; `[1, 1]` when disabled), so
         a training step can report them without side effects.
@@ -527,6 +655,7 @@ def gradient_mask(
     keep_fraction=0.5,
     soft=False,
     rescale=False,
+    control=False,
     zone_size=7,
     inhibition_base=0.1,
     inhibition_strength=0.9,
@@ -565,15 +694,23 @@ def gradient_mask(
       rescale: Multiply the masked gradient by `||g||_1 / ||g_masked||_1` per
         neighbourhood (per feature map for `local`, `lateral`, `log`, `random`),
         keeping the step size. Defaults to False.
+      control: The rule's matched control, for `mean`, `local`, `topk`, `lateral`
+        and `log` (not with `soft`): in each neighbourhood (a feature map for
+        `spatial` scope, `local` and rank 2; the channels at one position for
+        `channel` scope; the positions of one sample for `lateral` and `log`), as
+        many finite non-zero entries (positions) as the rule kept, chosen uniformly
+        at random among the finite non-zero ones and scaled to the L1 mass of the
+        rule's output. Non-finite entries are passed on. Defaults to False.
       zone_size: Zone of `lateral` and window of `log`, a positive odd integer;
         `log` reflects the map at its borders as NumPy's `reflect` padding does,
         repeatedly where the map is smaller than the window. Defaults to 7.
       inhibition_base: `lateral`'s base inhibition a, >= 0. Defaults to 0.1.
       inhibition_strength: `lateral`'s neighbour inhibition b, >= 0. Defaults to 0.9.
       sigma: Scale of `log`'s Laplacian of Gaussian, > 0. Defaults to 1.0.
-      seed: Integer seed of the `random` rule's stateless draw (the same mask for the
-        same shape on every call), or None for a fresh draw each call. The layer keys
-        its draw by its seed and the training step instead. Defaults to None.
+      seed: Integer seed of the stateless draws of `random` and of the control (the
+        same draw for the same shape on every call), or None for a fresh draw each
+        call. The layer keys its draws by its seed and the training step instead.
+        Defaults to None.
 
     Returns:
       A tensor equal to `x` whose gradient is masked.
@@ -593,6 +730,7 @@ def gradient_mask(
         keep_fraction=keep_fraction,
         soft=soft,
         rescale=rescale,
+        control=control,
         zone_size=zone_size,
         inhibition_base=inhibition_base,
         inhibition_strength=inhibition_strength,

@@ -3,7 +3,9 @@
 Written from the specification with loops where they keep it obvious, not from
 `ops.py`. Thresholds are computed in float64 here, so `reference_mask` also returns
 the entries that sit within rounding of their threshold: the op (float32) may decide
-those either way. `reference_statistics` gives the mask metrics.
+those either way. `reference_statistics` gives the mask metrics. The matched control
+draws at random, so its tests check its defining properties against the rule's
+reference output instead (tests/test_ops.py).
 """
 
 import math

@@ -19,6 +19,8 @@ CONTRACT_CASES = [
     (dict(rule="random", keep_fraction=0.7, seed=3), (6, 6, 2)),
     (dict(rule="topk", keep_fraction=0.4), (5,)),
     (dict(rule="log", zone_size=3, sigma=0.8), (6, 6, 2)),
+    (dict(rule="lateral", zone_size=3, control=True, seed=4), (6, 6, 2)),
+    (dict(rule="topk", keep_fraction=0.4, control=True), (5,)),
 ]
 
 
@@ -116,18 +118,24 @@ def test_gradient_probe_reports_kept_fraction_and_kept_l1():
     np.testing.assert_allclose(statistics.numpy(), expected, rtol=1e-6)
 
 
-def test_random_rule_draws_per_step_reproducibly():
+@pytest.mark.parametrize(
+    "options", [dict(rule="random"), dict(rule="mean", control=True)]
+)
+def test_draws_are_keyed_by_seed_and_step(options):
     x = tf.zeros([2, 6, 6, 4])
-    upstream = tf.ones([2, 6, 6, 4])
+    upstream = tf.constant(np.random.default_rng(4).normal(size=(2, 6, 6, 4)), tf.float32)
 
     def draws(layer, steps=3):
-        return [_input_gradient(layer, x, upstream, training=True) for _ in range(steps)]
+        return [
+            _input_gradient(layer, x, upstream, training=True) != 0 for _ in range(steps)
+        ]
 
-    first, second = draws(GradientMask("random", seed=5)), draws(GradientMask("random", seed=5))
+    first = draws(GradientMask(**options, seed=5))
+    second = draws(GradientMask(**options, seed=5))
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
     assert (first[0] != first[1]).any(), "each training step draws a new mask"
-    assert (first[0] != draws(GradientMask("random", seed=6), 1)[0]).any()
+    assert (first[0] != draws(GradientMask(**options, seed=6), 1)[0]).any()
 
 
 @pytest.mark.parametrize(
@@ -137,6 +145,7 @@ def test_random_rule_draws_per_step_reproducibly():
         (dict(alpha=-1.0), "alpha"),
         (dict(rule="lateral", soft=True), "soft"),
         (dict(rule="log", sigma=0.0), "sigma"),
+        (dict(rule="random", control=True), "control"),
     ],
 )
 def test_invalid_parameters_fail_at_construction(options, name):

@@ -247,6 +247,10 @@ INVALID = [
     (dict(sigma=float("nan")), "sigma"),
     (dict(sigma=float("inf")), "sigma"),
     (dict(sigma="1"), "sigma"),
+    (dict(rule="none", control=True), "control"),
+    (dict(rule="random", control=True), "control"),
+    (dict(rule="mean", soft=True, control=True), "control"),
+    (dict(rule="topk", control="yes"), "control"),
 ]
 
 
@@ -424,3 +428,211 @@ def test_statistics_of_none_random_all_zero_and_nan():
     assert np.isfinite(expected).all()
     np.testing.assert_allclose(statistics.numpy(), expected, rtol=1e-6)
 
+
+CONTROLLED = [
+    dict(rule="mean"),
+    dict(rule="mean", scope="channel", alpha=0.5),
+    dict(rule="local", kernel_size=3),
+    dict(rule="topk", keep_fraction=0.3),
+    dict(rule="topk", scope="channel"),
+    dict(rule="lateral", zone_size=3),
+    dict(rule="log", zone_size=3),
+]
+
+
+def control_units(array, options):
+    """Per neighbourhood of the control, a bool vector: the units that are non-zero.
+
+    Units are positions (non-zero where any channel is finite and non-zero) for
+    `lateral` and `log` on rank 4, entries otherwise; non-finite entries never count.
+    """
+    counted = np.isfinite(array) & (array != 0)
+    if array.ndim == 4 and options["rule"] in ("lateral", "log"):
+        return [counted[n].any(axis=-1).ravel() for n in range(array.shape[0])]
+    if array.ndim == 2:
+        return list(counted)
+    if options["rule"] == "local" or options.get("scope") != "channel":
+        return list(counted.transpose(0, 3, 1, 2).reshape(-1, np.prod(array.shape[1:3])))
+    return list(counted.reshape(-1, array.shape[3]))
+
+
+def control_masses(array, options):
+    """Per neighbourhood of the control, the L1 mass of the finite entries."""
+    magnitude = np.where(np.isfinite(array), np.abs(array.astype(np.float64)), 0.0)
+    if array.ndim == 4 and options["rule"] in ("lateral", "log"):
+        return magnitude.sum(axis=(1, 2, 3))
+    if array.ndim == 2:
+        return magnitude.sum(axis=1)
+    if options["rule"] == "local" or options.get("scope") != "channel":
+        return magnitude.sum(axis=(1, 2)).ravel()
+    return magnitude.sum(axis=3).ravel()
+
+
+def assert_matched_control(upstream, rule_output, controlled, options, rtol=1e-5):
+    """Same count and mass per neighbourhood, at non-zero places, one factor each."""
+    assert controlled.dtype == upstream.dtype
+    upstream64 = upstream.astype(np.float64)
+    controlled64 = controlled.astype(np.float64)
+    finite = np.isfinite(upstream64)
+    # Non-finite entries are passed on as they are.
+    np.testing.assert_array_equal(controlled64[~finite], upstream64[~finite])
+    assert np.isfinite(controlled64[finite]).all()
+    for eligible, by_rule, by_control in zip(
+        control_units(upstream64, options),
+        control_units(rule_output.astype(np.float64), options),
+        control_units(controlled64, options),
+    ):
+        assert by_control.sum() == by_rule.sum()
+        assert not (by_control & ~eligible).any()
+    np.testing.assert_allclose(
+        control_masses(controlled64, options),
+        control_masses(rule_output.astype(np.float64), options),
+        rtol=rtol,
+    )
+    # Kept entries are the gradient's times one factor per neighbourhood.
+    kept = finite & (controlled64 != 0)
+    ratio = np.where(kept, controlled64 / np.where(kept, upstream64, 1.0), np.nan)
+    for index in range(upstream.shape[0]):
+        values = ratio[index][np.isfinite(ratio[index])]
+        if options["rule"] in ("lateral", "log") and upstream.ndim == 4 and values.size:
+            np.testing.assert_allclose(values, values[0], rtol=rtol)
+        assert (values > 0).all()
+
+
+class TestMatchedControl:
+    @pytest.mark.parametrize("rescale", (False, True))
+    @pytest.mark.parametrize("rank", (2, 4))
+    @pytest.mark.parametrize("options", CONTROLLED)
+    def test_count_and_mass_match_the_rule_per_neighbourhood(self, options, rank, rescale):
+        upstream = sparse_gradient(SHAPES[rank], seed=41 + rank)
+        expected, borderline = reference_mask(upstream, **options, rescale=rescale)
+        assert not (borderline & (upstream != 0)).any()  # zero entries stay zero
+        controlled, statistics = mask_gradient(
+            upstream, MaskConfig(**options, rescale=rescale, control=True, seed=7)
+        )
+        controlled = controlled.numpy()
+        assert_matched_control(upstream, expected, controlled, options)
+        # The statistics are those of the control's own selection, before scaling.
+        np.testing.assert_allclose(
+            statistics.numpy(),
+            reference_statistics(upstream, controlled != 0),
+            rtol=1e-6,
+        )
+        if rank == 4:  # An uninformed choice: it differs from the rule's somewhere.
+            assert ((controlled != 0) != (expected != 0)).any()
+
+    def test_entries_are_chosen_uniformly(self):
+        # 3000 neighbourhoods, each [5, 4, 0, 3, 2, 0, 1, 0.5]: topk keeps 3 of the 6
+        # non-zero entries; the control's 3 must be each of the 20 subsets equally
+        # often, and never a zero entry. A fixed seed makes the test deterministic;
+        # at p < 1e-6 a correct sampler would fail it for one seed in a million.
+        scipy_stats = pytest.importorskip("scipy.stats")
+        row = np.array([5.0, 4.0, 0.0, 3.0, 2.0, 0.0, 1.0, 0.5], np.float32)
+        upstream = np.tile(row, (3000, 1))
+        config = MaskConfig("topk", control=True, seed=11)
+        controlled, _ = mask_gradient(upstream, config)
+        chosen = controlled.numpy() != 0
+        assert (chosen.sum(axis=1) == 3).all()
+        assert not chosen[:, [2, 5]].any()
+        subsets = list(itertools.combinations((0, 1, 3, 4, 6, 7), 3))
+        codes = {subset: index for index, subset in enumerate(subsets)}
+        counts = np.bincount(
+            [codes[tuple(np.flatnonzero(c))] for c in chosen], minlength=len(subsets)
+        )
+        assert scipy_stats.chisquare(counts).pvalue > 1e-6
+
+    def test_positions_are_chosen_uniformly(self):
+        # 2000 samples of one 2x3 map with one all-zero position and one half-zero
+        # position (still eligible): the control keeps the rule's number k of
+        # positions, each k-subset of the 5 eligible ones equally often.
+        scipy_stats = pytest.importorskip("scipy.stats")
+        sample = np.array(
+            [[[3.0, 1.0], [0.0, 0.0], [0.5, 0.2]], [[0.4, 0.0], [2.0, 2.0], [0.1, 0.3]]],
+            np.float32,
+        )
+        upstream = np.tile(sample, (2000, 1, 1, 1))
+        rule_output = mask_gradient(upstream[:1], MaskConfig("log", zone_size=3))[0]
+        num_kept = int(np.count_nonzero(rule_output.numpy()[0].any(axis=-1)))
+        assert 0 < num_kept < 5
+        controlled, _ = mask_gradient(
+            upstream, MaskConfig("log", zone_size=3, control=True, seed=12)
+        )
+        chosen = (controlled.numpy() != 0).any(axis=-1).reshape(len(upstream), 6)
+        assert (chosen.sum(axis=1) == num_kept).all()
+        assert not chosen[:, 1].any()
+        subsets = list(itertools.combinations((0, 2, 3, 4, 5), num_kept))
+        codes = {subset: index for index, subset in enumerate(subsets)}
+        counts = np.bincount(
+            [codes[tuple(np.flatnonzero(c))] for c in chosen], minlength=len(subsets)
+        )
+        assert scipy_stats.chisquare(counts).pvalue > 1e-6
+
+    def test_draws_are_keyed_by_seed(self):
+        upstream = sparse_gradient((4, 8, 8, 4), seed=43)
+        config = MaskConfig("mean", control=True, seed=3)
+
+        def chosen(config, seed=None):
+            return mask_gradient(upstream, config, seed)[0].numpy() != 0
+
+        np.testing.assert_array_equal(chosen(config), chosen(config))
+        assert (chosen(config) != chosen(MaskConfig("mean", control=True, seed=4))).any()
+        # The layer's path: a [2] seed tensor (seed, step) replaces config.seed.
+        step_one = chosen(config, tf.constant([3, 1], tf.int64))
+        np.testing.assert_array_equal(step_one, chosen(config, tf.constant([3, 1])))
+        assert (step_one != chosen(config, tf.constant([3, 2], tf.int64))).any()
+        # No seed at all: a fresh draw on every call.
+        fresh = MaskConfig("mean", control=True)
+        assert (chosen(fresh) != chosen(fresh)).any()
+
+    @pytest.mark.parametrize(
+        "options", [dict(rule="topk"), dict(rule="log", zone_size=3)]
+    )
+    def test_same_draw_with_and_without_xla(self, options):
+        upstream = sparse_gradient(SHAPES[4], seed=44)
+        draws = [
+            backward(upstream, upstream, mode=mode, control=True, seed=5, **options)
+            for mode in ("eager", "xla")
+        ]
+        np.testing.assert_array_equal(draws[0] != 0, draws[1] != 0)
+        np.testing.assert_allclose(draws[0], draws[1], rtol=1e-6)
+        expected, _ = reference_mask(upstream, **options)
+        assert_matched_control(upstream, expected, draws[1], options)
+
+    @pytest.mark.parametrize(
+        "dtype,rtol",
+        [(np.float16, 2e-3), (ml_dtypes.bfloat16, 2e-2), (np.float64, 1e-6)],
+    )
+    @pytest.mark.parametrize(
+        "options", [dict(rule="mean", rescale=True), dict(rule="lateral")]
+    )
+    def test_dtypes(self, options, dtype, rtol):
+        upstream = sparse_gradient(SHAPES[4], seed=45, dtype=dtype)
+        rule_output = backward(upstream, upstream, **options)
+        controlled = backward(upstream, upstream, control=True, seed=1, **options)
+        assert_matched_control(upstream, rule_output, controlled, options, rtol=rtol)
+
+    @pytest.mark.parametrize("rescale", (False, True))
+    @pytest.mark.parametrize("options", CONTROLLED)
+    def test_zeros_stay_zero_and_nan_is_passed_on(self, options, rescale):
+        options = dict(options, rescale=rescale, control=True, seed=2)
+        for rank in (2, 4):
+            zeros = np.zeros(SHAPES[rank], np.float32)
+            np.testing.assert_array_equal(backward(zeros, zeros, **options), zeros)
+        upstream = sparse_gradient(SHAPES[4], seed=46)
+        upstream[0, 1, 1, 0] = np.nan
+        if not rescale:  # (`rescale` turns a feature map holding an Inf into NaN.)
+            upstream[0, 2, 3, 1] = np.inf
+        controlled = backward(upstream, upstream, **options)
+        rule_output = backward(upstream, upstream, **dict(options, control=False))
+        assert np.isnan(controlled[0, 1, 1, 0])
+        np.testing.assert_array_equal(controlled[0, 2, 3, 1], upstream[0, 2, 3, 1])
+        assert np.isfinite(controlled[1]).all()
+        assert_matched_control(upstream, rule_output, controlled, options)
+
+    def test_needs_static_neighbourhood_sizes(self):
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3])])
+        def dynamic(x):
+            return ops.mask_gradient(x, MaskConfig("mean", control=True))[0]
+
+        with pytest.raises(ValueError, match="control"):
+            dynamic.get_concrete_function()
