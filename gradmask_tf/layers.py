@@ -10,7 +10,8 @@ from gradmask_tf import ops
 def point_seeds(seed):
     """Seeds of successive mask points: `seed`, `seed + 1`, ..., or always None.
 
-    A model's `random` masks must draw independently, so each point gets its own.
+    A model's `random` masks and matched controls must draw independently, so each
+    point gets its own.
     """
     if seed is None:
         return itertools.repeat(None)
@@ -39,16 +40,21 @@ class GradientMask(keras.layers.Layer):
     Attributes:
       enabled: A non-trainable bool variable. `layer.enabled.assign(False)` turns
         masking off (warm-up, ablation) without retracing the training step.
-      gradient_probe: A non-trainable float32 scalar whose gradient, in a training
-        step, is this mask point's kept fraction (`GradMaskModel` reports it).
+      gradient_probe: A non-trainable float32 `[2]` variable whose gradient, in a
+        training step, is this mask point's `[kept_fraction, kept_l1]`: the share
+        of the finite non-zero gradient entries that the mask passes and the share
+        of their L1 mass it selects (`[1, 1]` while disabled; see
+        `gradmask_tf.mask_gradient`). `GradMaskModel` reports them.
 
     Args:
-      rule: `"none"`, `"mean"`, `"local"`, `"topk"`, `"lateral"` or `"random"`.
-        Defaults to `"mean"`.
-      scope, alpha, kernel_size, keep_fraction, soft, rescale, zone_size,
-      inhibition_base, inhibition_strength: As in `gradmask_tf.gradient_mask`.
-      seed: Seed of the `random` rule. Its draws are keyed by the seed and the
-        training step, so a run is reproducible. Defaults to None (a random seed).
+      rule: `"none"`, `"mean"`, `"local"`, `"topk"`, `"lateral"`, `"log"` or
+        `"random"`. Defaults to `"mean"`.
+      scope, alpha, kernel_size, keep_fraction, soft, rescale, control, zone_size,
+      inhibition_base, inhibition_strength, sigma: As in
+      `gradmask_tf.gradient_mask`.
+      seed: Seed of the draws of the `random` rule and of the matched control
+        (`control=True`). They are keyed by the seed and the training step, so a
+        run is reproducible. Defaults to None (a random seed).
       **kwargs: Base layer arguments (`name`, `dtype`, ...).
 
     References:
@@ -66,9 +72,11 @@ class GradientMask(keras.layers.Layer):
         keep_fraction=0.5,
         soft=False,
         rescale=False,
+        control=False,
         zone_size=7,
         inhibition_base=0.1,
         inhibition_strength=0.9,
+        sigma=1.0,
         seed=None,
         **kwargs,
     ):
@@ -81,9 +89,11 @@ class GradientMask(keras.layers.Layer):
             keep_fraction=keep_fraction,
             soft=soft,
             rescale=rescale,
+            control=control,
             zone_size=zone_size,
             inhibition_base=inhibition_base,
             inhibition_strength=inhibition_strength,
+            sigma=sigma,
             seed=seed,
         )
         self.rule = rule
@@ -93,25 +103,27 @@ class GradientMask(keras.layers.Layer):
         self.keep_fraction = keep_fraction
         self.soft = soft
         self.rescale = rescale
+        self.control = control
         self.zone_size = zone_size
         self.inhibition_base = inhibition_base
         self.inhibition_strength = inhibition_strength
+        self.sigma = sigma
         self.seed = seed
         self.supports_masking = True
         self.enabled = self.add_weight(
             shape=(), dtype="bool", initializer="ones", trainable=False, name="enabled"
         )
         self.gradient_probe = self.add_weight(
-            shape=(),
+            shape=(2,),
             dtype="float32",
             initializer="zeros",
             trainable=False,
             name="gradient_probe",
         )
-        # Only the `random` rule draws; its generator advances once per training
-        # call, which keys the draw by seed and training step.
+        # Only the `random` rule and the control draw; the generator advances once
+        # per training call, which keys the draw by seed and training step.
         self.seed_generator = (
-            keras.random.SeedGenerator(seed) if rule == "random" else None
+            keras.random.SeedGenerator(seed) if rule == "random" or control else None
         )
         self.built = True
 
@@ -140,9 +152,11 @@ class GradientMask(keras.layers.Layer):
             "keep_fraction": self.keep_fraction,
             "soft": self.soft,
             "rescale": self.rescale,
+            "control": self.control,
             "zone_size": self.zone_size,
             "inhibition_base": self.inhibition_base,
             "inhibition_strength": self.inhibition_strength,
+            "sigma": self.sigma,
             "seed": self.seed,
         }
         return {**base_config, **config}

@@ -3,7 +3,9 @@
 Written from the specification with loops where they keep it obvious, not from
 `ops.py`. Thresholds are computed in float64 here, so `reference_mask` also returns
 the entries that sit within rounding of their threshold: the op (float32) may decide
-those either way.
+those either way. `reference_statistics` gives the mask metrics. The matched control
+draws at random, so its tests check its defining properties against the rule's
+reference output instead (tests/test_ops.py).
 """
 
 import math
@@ -81,69 +83,149 @@ def _lateral_keep(g, zone_size, base, strength):
     return keep, border
 
 
-def reference_mask(
-    g,
-    rule="mean",
-    *,
-    scope="spatial",
-    alpha=1.0,
-    kernel_size=3,
-    keep_fraction=0.5,
-    soft=False,
-    rescale=False,
-    zone_size=7,
-    inhibition_base=0.1,
-    inhibition_strength=0.9,
-    random_keep=None,
-):
-    """Returns `(expected, borderline)` for gradient `g` (a NumPy array).
+def _log_keep(g, zone_size, sigma):
+    """Keep and borderline maps [N, H, W] of the `log` rule, position by position."""
+    n_samples, height, width, _ = g.shape
+    half = zone_size // 2
+    offsets = range(-half, half + 1)
+    # -LoG_sigma sampled at integer offsets from the centre, then made zero-sum.
+    kernel = np.array(
+        [
+            [
+                1.0
+                / (math.pi * sigma**4)
+                * (1.0 - (x * x + y * y) / (2.0 * sigma**2))
+                * math.exp(-(x * x + y * y) / (2.0 * sigma**2))
+                for y in offsets
+            ]
+            for x in offsets
+        ]
+    )
+    kernel -= kernel.mean()
+    keep = np.zeros((n_samples, height, width), bool)
+    border = np.zeros((n_samples, height, width), bool)
+    for n in range(n_samples):
+        m = np.sqrt((g[n] ** 2).sum(axis=-1))
+        padded = np.pad(m, half, mode="reflect")
+        for i in range(height):
+            for j in range(width):
+                window = padded[i : i + zone_size, j : j + zone_size]
+                response = (kernel * (window - m[i, j])).sum()
+                size = (np.abs(kernel) * np.abs(window - m[i, j])).sum()
+                keep[n, i, j] = response >= 0
+                border[n, i, j] = size > 0 and abs(response) <= BORDER * size
+    return keep, border
 
-    `borderline` marks entries within rounding of their threshold. For the `random`
-    rule, pass the draw's keep map as `random_keep` (NumPy cannot replay TF's RNG).
-    """
-    dtype = g.dtype
-    g64 = g.astype(np.float64)
+
+def _rule(g64, rule, options, random_keep):
+    """`(masked, keep, borderline)` of a rule before `rescale`; `keep` per entry."""
     magnitude = np.abs(g64)
-    borderline = np.zeros(g.shape, bool)
-    rank = g.ndim
-    if rank == 2 and rule in ("local", "lateral"):
-        rule, scope = "mean", "spatial"
+    borderline = np.zeros(g64.shape, bool)
+    scope = options["scope"]
     if rule == "none":
-        return g.copy(), borderline
+        return g64.copy(), np.ones(g64.shape, bool), borderline
     tau = None
     if rule == "mean":
         tau = np.zeros_like(magnitude)
-        for index in _neighbourhoods(g.shape, scope):
-            tau[index] = alpha * magnitude[index].mean()
+        for index in _neighbourhoods(g64.shape, scope):
+            tau[index] = options["alpha"] * magnitude[index].mean()
     elif rule == "local":
-        tau = alpha * _local_mean(magnitude, kernel_size)
+        tau = options["alpha"] * _local_mean(magnitude, options["kernel_size"])
     elif rule == "topk":
         tau = np.zeros_like(magnitude)
-        for index in _neighbourhoods(g.shape, scope):
+        for index in _neighbourhoods(g64.shape, scope):
             values = np.sort(magnitude[index].ravel())[::-1]
-            tau[index] = values[_kept(keep_fraction, values.size) - 1]
+            # The budget counts the non-zero entries only.
+            num_nonzero = np.count_nonzero(values)
+            if num_nonzero:
+                kept = _kept(options["keep_fraction"], num_nonzero)
+                tau[index] = values[kept - 1]
     if tau is not None:
         if rule != "topk":  # topk's threshold is one of the entries: exact.
             borderline = np.abs(magnitude - tau) <= BORDER * np.maximum(tau, 1e-30)
-        if soft:
-            masked = np.sign(g64) * np.maximum(magnitude - tau, 0.0)
+        if options["soft"]:
+            return (
+                np.sign(g64) * np.maximum(magnitude - tau, 0.0),
+                magnitude > tau,
+                borderline,
+            )
+        keep = magnitude >= tau
+        return np.where(keep, g64, 0.0), keep, borderline
+    if rule in ("lateral", "log"):
+        if rule == "lateral":
+            keep, border = _lateral_keep(
+                g64,
+                options["zone_size"],
+                options["inhibition_base"],
+                options["inhibition_strength"],
+            )
         else:
-            masked = np.where(magnitude >= tau, g64, 0.0)
-    elif rule == "lateral":
-        keep, border = _lateral_keep(
-            g64, zone_size, inhibition_base, inhibition_strength
-        )
-        masked = g64 * keep[..., None]
-        borderline = np.broadcast_to(border[..., None], g.shape)
-    else:  # random
-        masked = g64 * random_keep
-    if rescale:
-        if rule in ("local", "lateral", "random"):
+            keep, border = _log_keep(g64, options["zone_size"], options["sigma"])
+        keep = np.broadcast_to(keep[..., None], g64.shape)
+        borderline = np.broadcast_to(border[..., None], g64.shape)
+        return g64 * keep, keep, borderline
+    keep = np.asarray(random_keep) != 0  # random
+    return g64 * keep, keep, borderline
+
+
+def _options(g, rule, scope, options):
+    if g.ndim == 2 and rule in ("local", "lateral", "log"):
+        rule, scope = "mean", "spatial"
+    defaults = dict(
+        alpha=1.0,
+        kernel_size=3,
+        keep_fraction=0.5,
+        soft=False,
+        zone_size=7,
+        inhibition_base=0.1,
+        inhibition_strength=0.9,
+        sigma=1.0,
+    )
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise TypeError(f"unknown options {sorted(unknown)}")
+    return rule, {**defaults, **options, "scope": scope}
+
+
+def reference_mask(g, rule="mean", *, scope="spatial", rescale=False, random_keep=None,
+                   **options):
+    """Returns `(expected, borderline)` for gradient `g` (a NumPy array).
+
+    `options` are the op's other parameters (`alpha`, `keep_fraction`, `sigma`, ...).
+    `borderline` marks entries within rounding of their threshold. For the `random`
+    rule, pass the draw's keep map as `random_keep` (NumPy cannot replay TF's RNG).
+    """
+    rule, options = _options(g, rule, scope, options)
+    masked, _, borderline = _rule(g.astype(np.float64), rule, options, random_keep)
+    if rescale and rule != "none":
+        if rule in ("local", "lateral", "log", "random"):
             groups = _neighbourhoods(g.shape, "spatial")
         else:
-            groups = _neighbourhoods(g.shape, scope)
+            groups = _neighbourhoods(g.shape, options["scope"])
+        magnitude = np.abs(g.astype(np.float64))
         for index in groups:
             kept = np.abs(masked[index]).sum()
             if kept > 0:
                 masked[index] *= magnitude[index].sum() / kept
-    return masked.astype(dtype), borderline
+    return masked.astype(g.dtype), borderline
+
+
+def reference_keep(g, rule="mean", *, scope="spatial", random_keep=None, **options):
+    """Returns `(keep, borderline)`: which entries the rule's mask passes."""
+    rule, options = _options(g, rule, scope, options)
+    _, keep, borderline = _rule(g.astype(np.float64), rule, options, random_keep)
+    return keep, borderline
+
+
+def reference_statistics(g, keep):
+    """`(kept_fraction, kept_l1)` of a keep map over the finite non-zero entries of g.
+
+    Both are 1 where g has no finite non-zero entry.
+    """
+    g64 = g.astype(np.float64)
+    counted = np.isfinite(g64) & (g64 != 0)
+    passed = counted & np.broadcast_to(keep, g.shape)
+    if not counted.any():
+        return 1.0, 1.0
+    mass = np.abs(g64[counted]).sum()
+    return passed.sum() / counted.sum(), np.abs(g64[passed]).sum() / mass

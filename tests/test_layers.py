@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from gradmask_tf import GradientMask
 from tests.layer_contract import check_layer_contract
-from tests.reference import reference_mask
+from tests.reference import reference_keep, reference_mask, reference_statistics
 
 CONTRACT_CASES = [
     (dict(rule="none"), (6, 6, 2)),
@@ -18,6 +18,9 @@ CONTRACT_CASES = [
     (dict(rule="lateral", zone_size=3), (6, 6, 2)),
     (dict(rule="random", keep_fraction=0.7, seed=3), (6, 6, 2)),
     (dict(rule="topk", keep_fraction=0.4), (5,)),
+    (dict(rule="log", zone_size=3, sigma=0.8), (6, 6, 2)),
+    (dict(rule="lateral", zone_size=3, control=True, seed=4), (6, 6, 2)),
+    (dict(rule="topk", keep_fraction=0.4, control=True), (5,)),
 ]
 
 
@@ -98,37 +101,54 @@ def test_enabled_switch_flips_without_retracing():
     np.testing.assert_array_equal(masked_again, masked)
 
 
-def test_gradient_probe_reports_kept_fraction():
+def test_gradient_probe_reports_kept_fraction_and_kept_l1():
     rng = np.random.default_rng(2)
     x = tf.constant(rng.normal(size=(3, 8)).astype("float32"))
     upstream = rng.normal(size=(3, 8)).astype("float32")
+    upstream[:, :2] = 0.0  # zero entries: not counted, nor part of topk's budget
     layer = GradientMask("topk", keep_fraction=0.25)
+    assert tuple(layer.gradient_probe.shape) == (2,)
     with tf.GradientTape() as tape:
         tape.watch(layer.gradient_probe.value)
         y = layer(x, training=True)
-    (kept,) = tape.gradient(y, [layer.gradient_probe], output_gradients=upstream)
-    assert float(kept) == pytest.approx(0.25)
-
-
-def test_random_rule_draws_per_step_reproducibly():
-    x = tf.zeros([2, 6, 6, 4])
-    upstream = tf.ones([2, 6, 6, 4])
-
-    def draws(layer, steps=3):
-        return [_input_gradient(layer, x, upstream, training=True) for _ in range(steps)]
-
-    first, second = draws(GradientMask("random", seed=5)), draws(GradientMask("random", seed=5))
-    for a, b in zip(first, second):
-        np.testing.assert_array_equal(a, b)
-    assert (first[0] != first[1]).any(), "each training step draws a new mask"
-    assert (first[0] != draws(GradientMask("random", seed=6), 1)[0]).any()
+    (statistics,) = tape.gradient(y, [layer.gradient_probe], output_gradients=upstream)
+    keep, _ = reference_keep(upstream, "topk", keep_fraction=0.25)
+    expected = reference_statistics(upstream, keep)
+    assert expected[0] == pytest.approx(2 / 6)  # ceil(0.25 * 6) of the 6 non-zero
+    np.testing.assert_allclose(statistics.numpy(), expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
-    "options", [dict(rule="max"), dict(alpha=-1.0), dict(rule="lateral", soft=True)]
+    "options", [dict(rule="random"), dict(rule="mean", control=True)]
 )
-def test_invalid_parameters_fail_at_construction(options):
-    name = next(key for key in ("alpha", "soft", "rule") if key in options)
+def test_draws_are_keyed_by_seed_and_step(options):
+    x = tf.zeros([2, 6, 6, 4])
+    upstream = tf.constant(np.random.default_rng(4).normal(size=(2, 6, 6, 4)), tf.float32)
+
+    def draws(layer, steps=3):
+        return [
+            _input_gradient(layer, x, upstream, training=True) != 0 for _ in range(steps)
+        ]
+
+    first = draws(GradientMask(**options, seed=5))
+    second = draws(GradientMask(**options, seed=5))
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    assert (first[0] != first[1]).any(), "each training step draws a new mask"
+    assert (first[0] != draws(GradientMask(**options, seed=6), 1)[0]).any()
+
+
+@pytest.mark.parametrize(
+    "options,name",
+    [
+        (dict(rule="max"), "rule"),
+        (dict(alpha=-1.0), "alpha"),
+        (dict(rule="lateral", soft=True), "soft"),
+        (dict(rule="log", sigma=0.0), "sigma"),
+        (dict(rule="random", control=True), "control"),
+    ],
+)
+def test_invalid_parameters_fail_at_construction(options, name):
     with pytest.raises(ValueError, match=f"`{name}`"):
         GradientMask(**options)
 

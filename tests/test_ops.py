@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from gradmask_tf import MaskConfig, gradient_mask, mask_gradient
 from gradmask_tf import ops
-from tests.reference import reference_mask
+from tests.reference import reference_keep, reference_mask, reference_statistics
 
 SHAPES = {2: (3, 9), 4: (2, 6, 5, 3)}
 MODES = ("eager", "function", "xla")
@@ -44,18 +44,18 @@ def assert_matches_reference(actual, expected, borderline, atol=1e-6, rtol=1e-5)
     )
 
 
-# Every rule, scope and option on both ranks ("soft" is not defined for lateral).
+# Every rule, scope and option on both ranks ("soft" is not defined for lateral, log).
 GRID = [
     (rule, scope, soft, rescale, rank)
     for rule, scope, soft, rescale, rank in itertools.product(
-        ("none", "mean", "local", "topk", "lateral"),
+        ("none", "mean", "local", "topk", "lateral", "log"),
         ("spatial", "channel"),
         (False, True),
         (False, True),
         (2, 4),
     )
-    if not (soft and rule == "lateral")
-    and not (scope == "channel" and rule in ("none", "local", "lateral"))
+    if not (soft and rule in ("lateral", "log"))
+    and not (scope == "channel" and rule in ("none", "local", "lateral", "log"))
 ]
 
 
@@ -75,7 +75,7 @@ def test_backward_matches_reference(rule, scope, soft, rescale, rank):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("rank", (2, 4))
-@pytest.mark.parametrize("rule", ("mean", "local", "topk", "lateral"))
+@pytest.mark.parametrize("rule", ("mean", "local", "topk", "lateral", "log"))
 def test_same_results_eagerly_in_function_and_xla(rule, rank, mode):
     upstream = random_gradient(rank, seed=7)
     options = dict(rule=rule, rescale=True)
@@ -96,6 +96,9 @@ def test_same_results_eagerly_in_function_and_xla(rule, rank, mode):
         dict(rule="lateral", zone_size=1),
         dict(rule="lateral", zone_size=3, inhibition_strength=0.0),
         dict(rule="lateral", zone_size=3, inhibition_base=0.0),
+        dict(rule="log", zone_size=3, sigma=0.5),
+        dict(rule="log", zone_size=5, sigma=2.0),
+        dict(rule="log", zone_size=1),
     ],
 )
 def test_parameters_change_the_mask_as_the_reference_does(options):
@@ -171,7 +174,7 @@ class TestRandomRule:
 @pytest.mark.parametrize(
     "dtype", [np.float16, ml_dtypes.bfloat16, np.float32, np.float64]
 )
-@pytest.mark.parametrize("rule", ("mean", "local", "topk", "lateral"))
+@pytest.mark.parametrize("rule", ("mean", "local", "topk", "lateral", "log"))
 def test_dtypes_threshold_in_float32_result_in_gradient_dtype(rule, dtype):
     upstream = random_gradient(4, seed=9).astype(dtype)
     actual = backward(np.zeros_like(upstream), upstream, rule=rule)
@@ -196,8 +199,8 @@ def test_float16_threshold_does_not_overflow():
 @pytest.mark.parametrize("rescale", (False, True))
 @pytest.mark.parametrize("rule", ops.RULES)
 def test_all_zero_gradient_gives_zeros(rule, soft, rescale):
-    if soft and rule == "lateral":
-        pytest.skip("soft is not defined for lateral")
+    if soft and rule in ("lateral", "log"):
+        pytest.skip("soft is not defined for lateral and log")
     for rank in (2, 4):
         zeros = np.zeros(SHAPES[rank], np.float32)
         actual = backward(
@@ -207,10 +210,10 @@ def test_all_zero_gradient_gives_zeros(rule, soft, rescale):
 
 
 @pytest.mark.parametrize("soft", (False, True))
-@pytest.mark.parametrize("rule", ("mean", "local", "topk", "lateral", "random"))
+@pytest.mark.parametrize("rule", ("mean", "local", "topk", "lateral", "log", "random"))
 def test_nan_in_gradient_is_passed_on(rule, soft):
-    if soft and rule == "lateral":
-        pytest.skip("soft is not defined for lateral")
+    if soft and rule in ("lateral", "log"):
+        pytest.skip("soft is not defined for lateral and log")
     upstream = random_gradient(4, seed=2)
     upstream[0, 1, 1, 0] = np.nan
     options = dict(rule=rule, soft=soft, seed=0)
@@ -236,8 +239,18 @@ INVALID = [
     (dict(inhibition_base=-1.0), "inhibition_base"),
     (dict(inhibition_strength=-0.5), "inhibition_strength"),
     (dict(rule="lateral", soft=True), "soft"),
+    (dict(rule="log", soft=True), "soft"),
     (dict(soft="yes"), "soft"),
     (dict(seed=1.5), "seed"),
+    (dict(rule="log", sigma=0.0), "sigma"),
+    (dict(sigma=-1.0), "sigma"),
+    (dict(sigma=float("nan")), "sigma"),
+    (dict(sigma=float("inf")), "sigma"),
+    (dict(sigma="1"), "sigma"),
+    (dict(rule="none", control=True), "control"),
+    (dict(rule="random", control=True), "control"),
+    (dict(rule="mean", soft=True, control=True), "control"),
+    (dict(rule="topk", control="yes"), "control"),
 ]
 
 
@@ -274,23 +287,25 @@ def test_masks_whichever_way_the_op_is_called():
         np.testing.assert_allclose(actual, expected, rtol=1e-6, err_msg=name)
 
 
-def test_masked_identity_reports_kept_fraction_and_obeys_enabled():
+def test_masked_identity_reports_statistics_and_obeys_enabled():
     x = tf.constant(random_gradient(4, seed=6))
     upstream = tf.constant(random_gradient(4, seed=8))
     config = MaskConfig("mean")
-    _, expected_kept = mask_gradient(upstream, config)
-    probe = tf.zeros([])
+    _, expected = mask_gradient(upstream, config)
+    probe = tf.zeros([2])
     for enabled in (True, False, tf.constant(True), tf.constant(False)):
         with tf.GradientTape() as tape:
             tape.watch([x, probe])
             y = ops.masked_identity(x, config, enabled=enabled, probe=probe)
-        grad_x, kept = tape.gradient(y, [x, probe], output_gradients=upstream)
+        grad_x, statistics = tape.gradient(y, [x, probe], output_gradients=upstream)
+        assert statistics.shape == (2,) and statistics.dtype == tf.float32
         if bool(enabled):
-            assert float(kept) == pytest.approx(float(expected_kept))
-            assert 0 < float(kept) < 1
+            np.testing.assert_allclose(statistics.numpy(), expected.numpy())
+            # kept_fraction < kept_l1 < 1: the mask keeps the larger entries.
+            assert 0 < statistics[0] < statistics[1] < 1
             assert (grad_x.numpy() == 0).any()
         else:
-            assert float(kept) == 1.0
+            np.testing.assert_array_equal(statistics.numpy(), [1.0, 1.0])
             np.testing.assert_array_equal(grad_x.numpy(), upstream.numpy())
 
 
@@ -308,3 +323,316 @@ def test_constant_maps_are_kept_whole(rule):
         np.testing.assert_array_equal(actual, upstream)
     flat = np.full((3, 257), 0.1, np.float32)
     np.testing.assert_array_equal(backward(flat, flat, rule=rule), flat)
+
+
+def sparse_gradient(shape, seed, zero_share=0.4, dtype=np.float32):
+    """A random gradient with exact zeros, some of them whole positions."""
+    rng = np.random.default_rng(seed)
+    g = rng.normal(size=shape)
+    g[rng.random(shape) < zero_share] = 0.0
+    if len(shape) == 4:
+        g[rng.random(shape[:3]) < zero_share / 2] = 0.0  # positions zero in every channel
+    return g.astype(dtype)
+
+
+class TestLogRule:
+    def test_constant_maps_are_kept_whole(self):
+        # r = sum_p K_p (m_p - m_centre) is exactly 0 on a constant magnitude map.
+        rng = np.random.default_rng(13)
+        for size in (1, 3, 8):
+            channels = rng.normal(size=3).astype(np.float32) * 10.0 ** rng.uniform(-6, 3)
+            upstream = np.ascontiguousarray(np.broadcast_to(channels, (2, size, size, 3)))
+            actual = backward(np.zeros_like(upstream), upstream, rule="log", sigma=0.7)
+            np.testing.assert_array_equal(actual, upstream)
+
+    @pytest.mark.parametrize(
+        "shape", [(2, 1, 1, 2), (2, 2, 3, 2), (1, 3, 3, 2), (2, 4, 2, 1)]
+    )
+    def test_maps_smaller_than_the_zone_reflect_as_numpy_does(self, shape):
+        # np.pad's `reflect` repeats the reflection where the map is smaller than the
+        # zone's half (tf.pad's REFLECT cannot); a 1x1 map is constant, kept whole.
+        upstream = sparse_gradient(shape, seed=sum(shape), zero_share=0.2)
+        expected, borderline = reference_mask(upstream, "log", zone_size=7)
+        assert not borderline.any()
+        actual = backward(np.zeros_like(upstream), upstream, rule="log", zone_size=7)
+        assert_matches_reference(actual, expected, borderline)
+
+    def test_centre_survives_and_surround_is_inhibited(self):
+        upstream = np.full((1, 7, 7, 1), 0.1, np.float32)
+        upstream[0, 3, 3, 0] = 1.0
+        keep = backward(np.zeros_like(upstream), upstream, rule="log", zone_size=5) != 0
+        assert keep[0, 3, 3, 0]
+        # The ring at distance 2, where -LoG is negative beside a strong centre, falls.
+        assert not keep[0, 1, 3, 0] and not keep[0, 3, 5, 0]
+        assert keep[0, 0, 0, 0]  # far from the centre: a flat map, kept
+
+
+@pytest.mark.parametrize("soft", (False, True))
+@pytest.mark.parametrize("scope", ("spatial", "channel"))
+@pytest.mark.parametrize("rank", (2, 4))
+def test_topk_budget_counts_only_nonzero_entries(rank, scope, soft):
+    upstream = sparse_gradient(SHAPES[rank], seed=21, zero_share=0.6)
+    options = dict(rule="topk", scope=scope, soft=soft, keep_fraction=0.4)
+    expected, borderline = reference_mask(upstream, **options)
+    actual = backward(np.zeros_like(upstream), upstream, **options)
+    assert_matches_reference(actual, expected, borderline)
+    row = np.array([[3.0, 0.0, 0.0, 1.0, 2.0, 0.0, 0.0, -0.5]], np.float32)
+    # n = 4 non-zero entries: ceil(0.5 * 4) = 2 kept, not ceil(0.5 * 8) = 4.
+    np.testing.assert_array_equal(
+        backward(row, row, rule="topk"), [[3.0, 0, 0, 0, 2.0, 0, 0, 0]]
+    )
+
+
+STATISTICS_CASES = [
+    dict(rule="mean"),
+    dict(rule="mean", scope="channel", soft=True, alpha=0.7),
+    dict(rule="local", kernel_size=5),
+    dict(rule="topk", keep_fraction=0.3),
+    dict(rule="topk", scope="channel", soft=True),
+    dict(rule="lateral", zone_size=3),
+    dict(rule="log", zone_size=5),
+]
+
+
+@pytest.mark.parametrize("rank", (2, 4))
+@pytest.mark.parametrize("options", STATISTICS_CASES)
+def test_statistics_count_nonzero_entries_and_their_l1_mass(options, rank):
+    upstream = sparse_gradient(SHAPES[rank], seed=31, zero_share=0.5)
+    keep, borderline = reference_keep(upstream, **options)
+    assert not (borderline & (upstream != 0)).any()  # zero entries do not count
+    expected = reference_statistics(upstream, keep)
+    _, statistics = mask_gradient(upstream, MaskConfig(**options, rescale=True))
+    np.testing.assert_allclose(statistics.numpy(), expected, rtol=1e-6)
+    # Zero entries carry nothing: adding more of them changes neither figure.
+    padded = np.concatenate([upstream, np.zeros_like(upstream)], axis=0)
+    _, padded_statistics = mask_gradient(padded, MaskConfig(**options))
+    np.testing.assert_allclose(padded_statistics.numpy(), expected, rtol=1e-6)
+
+
+def test_statistics_of_none_random_all_zero_and_nan():
+    upstream = sparse_gradient(SHAPES[4], seed=32)
+    _, statistics = mask_gradient(upstream, MaskConfig("none"))
+    np.testing.assert_array_equal(statistics.numpy(), [1.0, 1.0])
+    _, statistics = mask_gradient(np.zeros_like(upstream), MaskConfig("topk"))
+    np.testing.assert_array_equal(statistics.numpy(), [1.0, 1.0])
+    masked, statistics = mask_gradient(upstream, MaskConfig("random", seed=4))
+    drawn = masked.numpy() != 0
+    np.testing.assert_allclose(
+        statistics.numpy(), reference_statistics(upstream, drawn), rtol=1e-6
+    )
+    # A NaN is left out: the figures are those of the finite entries.
+    upstream[1, 2, 2, 1] = np.nan
+    masked, statistics = mask_gradient(upstream, MaskConfig("mean"))
+    kept = np.isfinite(masked.numpy()) & (masked.numpy() != 0)
+    expected = reference_statistics(upstream, kept)
+    assert np.isfinite(expected).all()
+    np.testing.assert_allclose(statistics.numpy(), expected, rtol=1e-6)
+
+
+CONTROLLED = [
+    dict(rule="mean"),
+    dict(rule="mean", scope="channel", alpha=0.5),
+    dict(rule="local", kernel_size=3),
+    dict(rule="topk", keep_fraction=0.3),
+    dict(rule="topk", scope="channel"),
+    dict(rule="lateral", zone_size=3),
+    dict(rule="log", zone_size=3),
+]
+
+
+def control_units(array, options):
+    """Per neighbourhood of the control, a bool vector: the units that are non-zero.
+
+    Units are positions (non-zero where any channel is finite and non-zero) for
+    `lateral` and `log` on rank 4, entries otherwise; non-finite entries never count.
+    """
+    counted = np.isfinite(array) & (array != 0)
+    if array.ndim == 4 and options["rule"] in ("lateral", "log"):
+        return [counted[n].any(axis=-1).ravel() for n in range(array.shape[0])]
+    if array.ndim == 2:
+        return list(counted)
+    if options["rule"] == "local" or options.get("scope") != "channel":
+        return list(counted.transpose(0, 3, 1, 2).reshape(-1, np.prod(array.shape[1:3])))
+    return list(counted.reshape(-1, array.shape[3]))
+
+
+def control_masses(array, options):
+    """Per neighbourhood of the control, the L1 mass of the finite entries."""
+    magnitude = np.where(np.isfinite(array), np.abs(array.astype(np.float64)), 0.0)
+    if array.ndim == 4 and options["rule"] in ("lateral", "log"):
+        return magnitude.sum(axis=(1, 2, 3))
+    if array.ndim == 2:
+        return magnitude.sum(axis=1)
+    if options["rule"] == "local" or options.get("scope") != "channel":
+        return magnitude.sum(axis=(1, 2)).ravel()
+    return magnitude.sum(axis=3).ravel()
+
+
+def assert_matched_control(upstream, rule_output, controlled, options, rtol=1e-5):
+    """Same count and mass per neighbourhood, at non-zero places, one factor each."""
+    assert controlled.dtype == upstream.dtype
+    upstream64 = upstream.astype(np.float64)
+    controlled64 = controlled.astype(np.float64)
+    finite = np.isfinite(upstream64)
+    # Non-finite entries are passed on as they are.
+    np.testing.assert_array_equal(controlled64[~finite], upstream64[~finite])
+    assert np.isfinite(controlled64[finite]).all()
+    for eligible, by_rule, by_control in zip(
+        control_units(upstream64, options),
+        control_units(rule_output.astype(np.float64), options),
+        control_units(controlled64, options),
+    ):
+        assert by_control.sum() == by_rule.sum()
+        assert not (by_control & ~eligible).any()
+    np.testing.assert_allclose(
+        control_masses(controlled64, options),
+        control_masses(rule_output.astype(np.float64), options),
+        rtol=rtol,
+    )
+    # Kept entries are the gradient's times one factor per neighbourhood.
+    kept = finite & (controlled64 != 0)
+    ratio = np.where(kept, controlled64 / np.where(kept, upstream64, 1.0), np.nan)
+    for index in range(upstream.shape[0]):
+        values = ratio[index][np.isfinite(ratio[index])]
+        if options["rule"] in ("lateral", "log") and upstream.ndim == 4 and values.size:
+            np.testing.assert_allclose(values, values[0], rtol=rtol)
+        assert (values > 0).all()
+
+
+class TestMatchedControl:
+    @pytest.mark.parametrize("rescale", (False, True))
+    @pytest.mark.parametrize("rank", (2, 4))
+    @pytest.mark.parametrize("options", CONTROLLED)
+    def test_count_and_mass_match_the_rule_per_neighbourhood(self, options, rank, rescale):
+        upstream = sparse_gradient(SHAPES[rank], seed=41 + rank)
+        expected, borderline = reference_mask(upstream, **options, rescale=rescale)
+        assert not (borderline & (upstream != 0)).any()  # zero entries stay zero
+        controlled, statistics = mask_gradient(
+            upstream, MaskConfig(**options, rescale=rescale, control=True, seed=7)
+        )
+        controlled = controlled.numpy()
+        assert_matched_control(upstream, expected, controlled, options)
+        # The statistics are those of the control's own selection, before scaling.
+        np.testing.assert_allclose(
+            statistics.numpy(),
+            reference_statistics(upstream, controlled != 0),
+            rtol=1e-6,
+        )
+        if rank == 4:  # An uninformed choice: it differs from the rule's somewhere.
+            assert ((controlled != 0) != (expected != 0)).any()
+
+    def test_entries_are_chosen_uniformly(self):
+        # 3000 neighbourhoods, each [5, 4, 0, 3, 2, 0, 1, 0.5]: topk keeps 3 of the 6
+        # non-zero entries; the control's 3 must be each of the 20 subsets equally
+        # often, and never a zero entry. A fixed seed makes the test deterministic;
+        # at p < 1e-6 a correct sampler would fail it for one seed in a million.
+        scipy_stats = pytest.importorskip("scipy.stats")
+        row = np.array([5.0, 4.0, 0.0, 3.0, 2.0, 0.0, 1.0, 0.5], np.float32)
+        upstream = np.tile(row, (3000, 1))
+        config = MaskConfig("topk", control=True, seed=11)
+        controlled, _ = mask_gradient(upstream, config)
+        chosen = controlled.numpy() != 0
+        assert (chosen.sum(axis=1) == 3).all()
+        assert not chosen[:, [2, 5]].any()
+        subsets = list(itertools.combinations((0, 1, 3, 4, 6, 7), 3))
+        codes = {subset: index for index, subset in enumerate(subsets)}
+        counts = np.bincount(
+            [codes[tuple(np.flatnonzero(c))] for c in chosen], minlength=len(subsets)
+        )
+        assert scipy_stats.chisquare(counts).pvalue > 1e-6
+
+    def test_positions_are_chosen_uniformly(self):
+        # 2000 samples of one 2x3 map with one all-zero position and one half-zero
+        # position (still eligible): the control keeps the rule's number k of
+        # positions, each k-subset of the 5 eligible ones equally often.
+        scipy_stats = pytest.importorskip("scipy.stats")
+        sample = np.array(
+            [[[3.0, 1.0], [0.0, 0.0], [0.5, 0.2]], [[0.4, 0.0], [2.0, 2.0], [0.1, 0.3]]],
+            np.float32,
+        )
+        upstream = np.tile(sample, (2000, 1, 1, 1))
+        rule_output = mask_gradient(upstream[:1], MaskConfig("log", zone_size=3))[0]
+        num_kept = int(np.count_nonzero(rule_output.numpy()[0].any(axis=-1)))
+        assert 0 < num_kept < 5
+        controlled, _ = mask_gradient(
+            upstream, MaskConfig("log", zone_size=3, control=True, seed=12)
+        )
+        chosen = (controlled.numpy() != 0).any(axis=-1).reshape(len(upstream), 6)
+        assert (chosen.sum(axis=1) == num_kept).all()
+        assert not chosen[:, 1].any()
+        subsets = list(itertools.combinations((0, 2, 3, 4, 5), num_kept))
+        codes = {subset: index for index, subset in enumerate(subsets)}
+        counts = np.bincount(
+            [codes[tuple(np.flatnonzero(c))] for c in chosen], minlength=len(subsets)
+        )
+        assert scipy_stats.chisquare(counts).pvalue > 1e-6
+
+    def test_draws_are_keyed_by_seed(self):
+        upstream = sparse_gradient((4, 8, 8, 4), seed=43)
+        config = MaskConfig("mean", control=True, seed=3)
+
+        def chosen(config, seed=None):
+            return mask_gradient(upstream, config, seed)[0].numpy() != 0
+
+        np.testing.assert_array_equal(chosen(config), chosen(config))
+        assert (chosen(config) != chosen(MaskConfig("mean", control=True, seed=4))).any()
+        # The layer's path: a [2] seed tensor (seed, step) replaces config.seed.
+        step_one = chosen(config, tf.constant([3, 1], tf.int64))
+        np.testing.assert_array_equal(step_one, chosen(config, tf.constant([3, 1])))
+        assert (step_one != chosen(config, tf.constant([3, 2], tf.int64))).any()
+        # No seed at all: a fresh draw on every call.
+        fresh = MaskConfig("mean", control=True)
+        assert (chosen(fresh) != chosen(fresh)).any()
+
+    @pytest.mark.parametrize(
+        "options", [dict(rule="topk"), dict(rule="log", zone_size=3)]
+    )
+    def test_same_draw_with_and_without_xla(self, options):
+        upstream = sparse_gradient(SHAPES[4], seed=44)
+        draws = [
+            backward(upstream, upstream, mode=mode, control=True, seed=5, **options)
+            for mode in ("eager", "xla")
+        ]
+        np.testing.assert_array_equal(draws[0] != 0, draws[1] != 0)
+        np.testing.assert_allclose(draws[0], draws[1], rtol=1e-6)
+        expected, _ = reference_mask(upstream, **options)
+        assert_matched_control(upstream, expected, draws[1], options)
+
+    @pytest.mark.parametrize(
+        "dtype,rtol",
+        [(np.float16, 2e-3), (ml_dtypes.bfloat16, 2e-2), (np.float64, 1e-6)],
+    )
+    @pytest.mark.parametrize(
+        "options", [dict(rule="mean", rescale=True), dict(rule="lateral")]
+    )
+    def test_dtypes(self, options, dtype, rtol):
+        upstream = sparse_gradient(SHAPES[4], seed=45, dtype=dtype)
+        rule_output = backward(upstream, upstream, **options)
+        controlled = backward(upstream, upstream, control=True, seed=1, **options)
+        assert_matched_control(upstream, rule_output, controlled, options, rtol=rtol)
+
+    @pytest.mark.parametrize("rescale", (False, True))
+    @pytest.mark.parametrize("options", CONTROLLED)
+    def test_zeros_stay_zero_and_nan_is_passed_on(self, options, rescale):
+        options = dict(options, rescale=rescale, control=True, seed=2)
+        for rank in (2, 4):
+            zeros = np.zeros(SHAPES[rank], np.float32)
+            np.testing.assert_array_equal(backward(zeros, zeros, **options), zeros)
+        upstream = sparse_gradient(SHAPES[4], seed=46)
+        upstream[0, 1, 1, 0] = np.nan
+        if not rescale:  # (`rescale` turns a feature map holding an Inf into NaN.)
+            upstream[0, 2, 3, 1] = np.inf
+        controlled = backward(upstream, upstream, **options)
+        rule_output = backward(upstream, upstream, **dict(options, control=False))
+        assert np.isnan(controlled[0, 1, 1, 0])
+        np.testing.assert_array_equal(controlled[0, 2, 3, 1], upstream[0, 2, 3, 1])
+        assert np.isfinite(controlled[1]).all()
+        assert_matched_control(upstream, rule_output, controlled, options)
+
+    def test_needs_static_neighbourhood_sizes(self):
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3])])
+        def dynamic(x):
+            return ops.mask_gradient(x, MaskConfig("mean", control=True))[0]
+
+        with pytest.raises(ValueError, match="control"):
+            dynamic.get_concrete_function()
