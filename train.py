@@ -37,7 +37,7 @@ from gradmask_tf.distributed import fit_multi_worker  # noqa: E402
 from gradmask_tf.errors import InvalidArgumentError  # noqa: E402
 from gradmask_tf.models import ARCHITECTURES, application_constructor  # noqa: E402
 from gradmask_tf.optimizers import OPTIMIZERS, make_optimizer  # noqa: E402
-from gradmask_tf.training import KEPT_FRACTION_PREFIX  # noqa: E402
+from gradmask_tf.training import MASK_METRIC_PREFIXES  # noqa: E402
 from gradmask_tf.versions import library_versions  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -84,6 +84,12 @@ flags.DEFINE_float("mask_inhibition_base", 0.1, "Base inhibition of lateral.", l
 flags.DEFINE_float(
     "mask_inhibition_strength", 0.9, "Neighbour inhibition of lateral.", lower_bound=0.0
 )
+flags.DEFINE_float("mask_sigma", 1.0, "Scale of log's Laplacian of Gaussian (> 0).")
+flags.DEFINE_bool(
+    "mask_control",
+    False,
+    "The rule's matched control: as many entries, the same L1 mass, uniformly random places.",
+)
 flags.DEFINE_integer(
     "mask_start_epoch", 0, "Masks are off before this epoch (0-based).", lower_bound=0
 )
@@ -93,7 +99,9 @@ flags.DEFINE_float("learning_rate", 1e-3, "Learning rate.", lower_bound=0.0)
 flags.DEFINE_enum("optimizer", "adam", OPTIMIZERS, "Optimizer (sgd uses momentum 0.9).")
 flags.DEFINE_integer("seed", 0, "Seed of weights, data order and random masks.", lower_bound=0)
 flags.DEFINE_string(
-    "output_dir", None, "Run directory. Defaults to runs/<dataset>-<model>-<rule>-seed<seed>."
+    "output_dir",
+    None,
+    "Run directory. Defaults to runs/<dataset>-<model>-<rule>[-control]-seed<seed>.",
 )
 flags.DEFINE_integer(
     "max_train_examples", 0, "Use the first N training examples (0 = all).", lower_bound=0
@@ -146,6 +154,8 @@ MASK_FLAGS = {
     "mask_zone_size": "zone_size",
     "mask_inhibition_base": "inhibition_base",
     "mask_inhibition_strength": "inhibition_strength",
+    "mask_sigma": "sigma",
+    "mask_control": "control",
 }
 # The flag behind each MaskConfig argument, for its errors.
 _FLAG_OF_ARGUMENT = {
@@ -231,8 +241,9 @@ def resolve_run_dir(config):
     if FLAGS.output_dir:
         run_dir = pathlib.Path(FLAGS.output_dir)
     else:
+        control = "-control" if FLAGS.mask_control else ""
         run_dir = pathlib.Path("runs") / (
-            f"{FLAGS.dataset}-{FLAGS.model}-{FLAGS.mask_rule}-seed{FLAGS.seed}"
+            f"{FLAGS.dataset}-{FLAGS.model}-{FLAGS.mask_rule}{control}-seed{FLAGS.seed}"
         )
     try:
         state = runs.prepare_run_dir(
@@ -473,7 +484,7 @@ def finalize(model, info, test_data, run_dir, history_rows, train_seconds):
     }
     last = history_rows[-1] if history_rows else {}
     metrics.update(
-        {key: value for key, value in last.items() if key.startswith(KEPT_FRACTION_PREFIX)}
+        {key: value for key, value in last.items() if key.startswith(MASK_METRIC_PREFIXES)}
     )
     runs.atomic_write_json(run_dir / runs.METRICS, metrics)
     print(

@@ -86,10 +86,11 @@ def _twin_mask_class(tf_keras):
             self.mask_config = ops.MaskConfig(**(mask_config or {}))
             self.enabled = bool(enabled)
             self.supports_masking = True
-            # The `random` rule draws a new mask each step, keyed by seed and step,
-            # as the Keras 3 layer's seed generator does.
+            # The `random` rule and the matched control draw anew each step, keyed by
+            # seed and step, as the Keras 3 layer's seed generator does.
             self.draws = None
-            if self.mask_config.rule == "random" and self.mask_config.seed is not None:
+            draws = self.mask_config.rule == "random" or self.mask_config.control
+            if draws and self.mask_config.seed is not None:
                 self.draws = self.add_weight(
                     name="draws", shape=(), dtype="int64", initializer="zeros",
                     trainable=False,

@@ -115,7 +115,7 @@ class GradientProbe:
                     store.append(np.zeros(0) if gradient is None else gradient.numpy())
                 for layer, value in zip(self.masks, results[num_variables:]):
                     if value is not None:
-                        kept[layer.name].append(float(value))
+                        kept[layer.name].append(float(value[0]))  # [kept_fraction, kept_l1]
         finally:
             for variable, value in zip(model.non_trainable_variables, state):
                 variable.assign(value)

@@ -6,6 +6,8 @@ import tensorflow as tf
 from gradmask_tf.layers import GradientMask
 
 KEPT_FRACTION_PREFIX = "kept_fraction/"
+KEPT_L1_PREFIX = "kept_l1/"
+MASK_METRIC_PREFIXES = (KEPT_FRACTION_PREFIX, KEPT_L1_PREFIX)
 GRADIENT_NORM = "gradient_norm"
 
 
@@ -33,8 +35,11 @@ class GradMaskModel(keras.Model):
     Build it like a functional model, `GradMaskModel(inputs, outputs)`, or with
     `gradmask_tf.build_model`. Besides the compiled loss and metrics, `fit` reports:
 
-    - `kept_fraction/<mask layer>`: the share of gradient entries each mask point let
-      through (1.0 where masking is off);
+    - `kept_fraction/<mask layer>`: the share of the non-zero gradient entries each
+      mask point let through, and `kept_l1/<mask layer>` the share of their L1 mass
+      (METHOD.md section 2; both 1.0 where masking is off). Entries that arrive as
+      exactly zero (below a max pool, say) are not counted, so the figures compare
+      across rules and placements;
     - `gradient_norm`: the global L2 norm of the loss gradient over the trainable
       weights, loss scaling undone (the mean over replicas of each replica's
       gradient under a distribution strategy); steps whose gradient overflowed in
@@ -45,8 +50,8 @@ class GradMaskModel(keras.Model):
         super().__init__(*args, **kwargs)
         # Made here, under the caller's strategy scope: created inside a distributed
         # step, their variables would not be mirrored correctly.
-        self._kept_trackers = [
-            keras.metrics.Mean(name=f"{KEPT_FRACTION_PREFIX}{layer.name}")
+        self._mask_trackers = [
+            [keras.metrics.Mean(name=f"{prefix}{layer.name}") for prefix in MASK_METRIC_PREFIXES]
             for layer in self.mask_layers
         ]
         self._gradient_norm_tracker = keras.metrics.Mean(name=GRADIENT_NORM)
@@ -57,11 +62,12 @@ class GradMaskModel(keras.Model):
 
     @property
     def metrics(self):
-        return super().metrics + self._kept_trackers + [self._gradient_norm_tracker]
+        mask_trackers = [tracker for pair in self._mask_trackers for tracker in pair]
+        return super().metrics + mask_trackers + [self._gradient_norm_tracker]
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        # Each mask point's probe receives its kept fraction as its "gradient".
+        # Each mask point's probe receives [kept_fraction, kept_l1] as its "gradient".
         probes = [layer.gradient_probe.value for layer in self.mask_layers]
         with tf.GradientTape() as tape:
             tape.watch(probes)
@@ -74,7 +80,7 @@ class GradMaskModel(keras.Model):
         loss_scale = self.optimizer.scale_loss(tf.constant(1.0))
         trainable_variables = self.trainable_variables
         gradients = tape.gradient(scaled_loss, trainable_variables + probes)
-        gradients, kept_fractions = (
+        gradients, mask_statistics = (
             gradients[: len(trainable_variables)],
             gradients[len(trainable_variables) :],
         )
@@ -86,10 +92,11 @@ class GradMaskModel(keras.Model):
         for metric in super().metrics:
             if metric.name == "loss":
                 metric.update_state(loss * replicas, sample_weight=batch_size)
-        for tracker, kept in zip(self._kept_trackers, kept_fractions):
+        for trackers, statistics in zip(self._mask_trackers, mask_statistics):
             # A mask point the loss does not reach reports no gradient at all.
-            if kept is not None:
-                tracker.update_state(kept)
+            if statistics is not None:
+                for index, tracker in enumerate(trackers):
+                    tracker.update_state(statistics[index])
         self._update_gradient_norm(gradients, loss_scale, replicas)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
@@ -110,5 +117,5 @@ class GradMaskModel(keras.Model):
         return {
             name: value
             for name, value in logs.items()
-            if not name.startswith(KEPT_FRACTION_PREFIX) and name != GRADIENT_NORM
+            if not name.startswith(MASK_METRIC_PREFIXES) and name != GRADIENT_NORM
         }
