@@ -1,7 +1,8 @@
 """Command-line plumbing shared by train.py and the eval commands.
 
-Imports nothing heavy, and importing it changes nothing: an entry point creates its
-`DeferredStderr` at its top, before TensorFlow is imported.
+Imports nothing heavy, and importing it changes nothing: an entry point run as a program
+creates its `DeferredStderr` at its top, before TensorFlow is imported; called from
+Python it uses `ImmediateStderr`.
 """
 
 import atexit
@@ -75,6 +76,18 @@ class DeferredStderr:
     def fail(self, program, message):
         """Exits with status 2 after one line on stderr, dropping what was held."""
         self.release(replay=False)
+        sys.stderr.write(f"{program}: error: {' '.join(str(message).split())}\n")
+        sys.exit(2)
+
+
+class ImmediateStderr:
+    """`DeferredStderr`'s interface for a command called from Python: nothing held back."""
+
+    def release(self, replay=True):
+        pass
+
+    def fail(self, program, message):
+        """Exits with status 2 after one line on stderr."""
         sys.stderr.write(f"{program}: error: {' '.join(str(message).split())}\n")
         sys.exit(2)
 

@@ -274,17 +274,6 @@ def _figures(runs, groups, output_dir):
     return [(name, caption) for name, _, caption in drawn]
 
 
-class _OneLineErrors:
-    """`DeferredStderr`'s interface for a caller in Python: nothing is held back."""
-
-    def release(self, replay=True):
-        pass
-
-    def fail(self, program, message):
-        sys.stderr.write(f"{program}: error: {' '.join(str(message).split())}\n")
-        sys.exit(2)
-
-
 def main(argv=None, *, stderr=None):
     """`python -m eval.compare RUN [RUN ...] --output_dir=DIR`; returns 0.
 
@@ -298,9 +287,9 @@ def main(argv=None, *, stderr=None):
     """
     from absl import flags
 
-    from eval.cli import parse_flags_or_fail
+    from eval.cli import ImmediateStderr, parse_flags_or_fail
 
-    stderr = stderr or _OneLineErrors()
+    stderr = stderr or ImmediateStderr()
     flag_values = flags.FlagValues()
     flags.DEFINE_string("output_dir", None, "Where to write report.md and the figures.",
                         flag_values=flag_values)

@@ -20,9 +20,10 @@ import subprocess
 import sys
 import time
 
-from eval.cli import DeferredStderr, parse_flags_or_fail
+from eval.cli import DeferredStderr, ImmediateStderr, parse_flags_or_fail
 
-_STDERR = DeferredStderr()
+# Run as a program, TensorFlow's start-up lines are held back until the flags are checked.
+_STDERR = DeferredStderr() if __name__ == "__main__" else ImmediateStderr()
 
 from absl import app, flags, logging  # noqa: E402
 

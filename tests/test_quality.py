@@ -78,7 +78,8 @@ def test_masks_change_the_gradients_gsnr_measures():
         )
         results[rule] = quality.gsnr(model, images, labels, num_micro_batches=4)
     assert results["none"]["kept_fraction"] == {"mask1": 1.0, "mask2": 1.0, "mask3": 1.0}
-    assert results["topk"]["kept_fraction"]["mask3"] == pytest.approx(0.5)
+    # ceil(0.5 n) of each sample's n non-zero entries: a half, or just above it.
+    assert 0.5 <= results["topk"]["kept_fraction"]["mask3"] < 0.52
     assert results["none"]["per_layer"]["conv1"] != results["topk"]["per_layer"]["conv1"]
 
 
