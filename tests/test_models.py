@@ -137,3 +137,18 @@ def test_an_application_is_resized_up_and_masked_by_insertion():
     assert resize.output.shape[1:3] == (32, 32)  # the constructor's minimum size
     assert isinstance(model, gradmask_tf.GradMaskModel) and len(model.mask_layers) > 20
     _train_step(model, "mean")
+
+
+@pytest.mark.parametrize("architecture", gradmask_tf.ARCHITECTURES)
+def test_keras_file_round_trip(architecture, tmp_path):
+    model = _masked(architecture)
+    images = np.random.default_rng(1).random((2, *model.inputs[0].shape[1:])).astype("float32")
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.models.load_model(tmp_path / "model.keras", safe_mode=True)
+    assert isinstance(reloaded, gradmask_tf.GradMaskModel)
+    assert [mask.get_config() for mask in gradmask_tf.mask_layers(reloaded)] == [
+        mask.get_config() for mask in gradmask_tf.mask_layers(model)
+    ]
+    np.testing.assert_allclose(
+        reloaded(images, training=False), model(images, training=False), rtol=1e-5, atol=1e-6
+    )
