@@ -1,10 +1,10 @@
 """End-to-end tests of train.py: what only a process shows, on tiny data.
 
-Each architecture, rule and insertion into keras.applications is checked in process
-(tests/test_models.py, tests/test_insert.py). Here one run serves several checks: the
-main run (a flagfile; two mirrored CPU devices; masks from the second epoch; GSNR) is
-served from its SavedModel, then a copy of it is refused, overwritten, killed and
-resumed.
+Each architecture with masks on and off, and insertion into keras.applications, is
+checked in process (tests/test_models.py, tests/test_insert.py). Here one run serves
+several checks: the main run (a flagfile; two mirrored CPU devices; masks from the
+second epoch; GSNR) is served from its SavedModel, then a copy of it is refused,
+overwritten, killed and resumed.
 """
 
 import csv
