@@ -1,9 +1,11 @@
 """Helpers of the end-to-end tests: the project's commands run in subprocesses."""
 
+import json
 import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "train.py")
@@ -56,4 +58,63 @@ def run_all(commands, parallel=2):
         results[index] = finish(running.pop(index))
     return results
 
+
+# Runs each command line of a script in a child forked from this one process, which
+# imported TensorFlow, the package and tensorflow-datasets once (each costs seconds).
+_FORKING_RUNNER = r"""
+import json, os, runpy, sys, traceback
+import gradmask_tf, tensorflow_datasets
+script, commands, output = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+codes = []
+for index, args in enumerate(commands):
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            for fd, stream in ((1, "stdout"), (2, "stderr")):
+                os.dup2(os.open(f"{output}/{index}.{stream}", os.O_WRONLY | os.O_CREAT, 0o644), fd)
+            sys.argv = [script, *args]
+            runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print(json.dumps(codes))
+"""
+
+
+def run_forked(commands, script=TRAIN, timeout=600):
+    """Runs `python script args` for each `args` of `commands`; results in order.
+
+    Each is its own process with its own exit status, stdout and stderr, forked from
+    one process that imported the heavy modules once: for command lines that fail
+    before any work (bad flags). What a fresh interpreter prints while importing
+    TensorFlow is not part of their stderr; `run` shows that.
+    """
+    with tempfile.TemporaryDirectory() as output:
+        runner = subprocess.run(
+            [sys.executable, "-c", _FORKING_RUNNER, script, json.dumps(commands), output],
+            cwd=ROOT,
+            env=environment(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert runner.returncode == 0, runner.stderr[-3000:]
+        codes = json.loads(runner.stdout.strip().splitlines()[-1])
+        return [
+            subprocess.CompletedProcess(
+                [script, *args],
+                code,
+                pathlib.Path(output, f"{index}.stdout").read_text(),
+                pathlib.Path(output, f"{index}.stderr").read_text(),
+            )
+            for index, (args, code) in enumerate(zip(commands, codes))
+        ]
 

@@ -27,10 +27,13 @@ def _study(args):
 
 def test_quick_study_resumes_after_an_interruption(tmp_path, idx_dir):
     directory = tmp_path / "study"
+    # The fewest rules with a verdict (none, random) and a control (mean, random); one
+    # epoch of two steps, the GSNR logged once, the evaluations at their smoke settings.
     args = [
         "--quick", "--smoke", f"--output_dir={directory}", f"--data_dir={idx_dir}",
-        "--rules=none,mean,random", "--max_train_examples=96", "--eval_examples=16",
-        "--gsnr_every=2", "--train_flags=--batch_size=16",
+        "--rules=none,mean,random", "--epochs=1", "--max_train_examples=32",
+        "--max_test_examples=16", "--eval_examples=16", "--gsnr_every=2",
+        "--train_flags=--batch_size=16",
     ]
     process = _study(args)
     first = directory / "runs" / "none-seed0" / "metrics.json"

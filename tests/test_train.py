@@ -1,8 +1,16 @@
-"""End-to-end tests of train.py, each run in its own process on tiny data."""
+"""End-to-end tests of train.py: what only a process shows, on tiny data.
+
+Each architecture with masks on and off, and insertion into keras.applications, is
+checked in process (tests/test_models.py, tests/test_insert.py). Here one run serves
+several checks: the main run (a flagfile; two mirrored CPU devices; masks from the
+second epoch; GSNR) is served from its SavedModel, then a copy of it is refused,
+overwritten, killed and resumed.
+"""
 
 import csv
 import json
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +21,7 @@ import numpy as np
 import pytest
 
 from gradmask_tf import data
-from tests.helpers import MOCK_TRAIN, TRAIN, environment, finish, run, run_all, start
+from tests.helpers import MOCK_TRAIN, environment, finish, run, run_forked, start
 
 TINY = ["--epochs=2", "--batch_size=16", "--max_test_examples=32"]
 
@@ -25,6 +33,14 @@ def read_history(run_dir):
 
 def assert_ok(result):
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def assert_one_line_error(result, *named):
+    assert result.returncode == 2, result.stderr[-2000:]
+    message = result.stderr.strip()
+    assert "\n" not in message and "Traceback" not in message, message
+    for name in named:
+        assert name in message, message
 
 
 def assert_complete_run(run_dir, epochs=2):
@@ -42,65 +58,57 @@ def assert_complete_run(run_dir, epochs=2):
     return history, metrics
 
 
-ARCHITECTURE_RUNS = [
-    ("cnn", "mean"),
-    ("cnn", "none"),
-    ("vgg", "lateral"),
-    ("vgg", "none"),
-    ("resnet20", "mean"),
-    ("resnet20", "none"),
-    ("resnet32", "topk"),
-    ("resnet56", "local"),
-    ("resnet56", "none"),
-    ("resnet32", "none"),
-    ("keras.applications.MobileNetV2", "mean"),
+def kept_fractions(row):
+    return [float(value) for key, value in row.items() if key.startswith("kept_fraction/")]
+
+
+def file_times(directory):
+    return {path: path.stat().st_mtime_ns for path in directory.rglob("*") if path.is_file()}
+
+
+MAIN_FLAGS = [
+    "--epochs=3", "--batch_size=16", "--max_test_examples=32", "--mask_start_epoch=1",
+    "--strategy=mirrored", "--num_cpu_devices=2", "--gsnr_every=2",
 ]
 
 
 @pytest.fixture(scope="module")
-def architecture_runs(idx_dir, tmp_path_factory):
-    """Trains every architecture with masks on and off, two processes at a time."""
-    root = tmp_path_factory.mktemp("architectures")
-    commands = []
-    for model, rule in ARCHITECTURE_RUNS:
-        args = [f"--model={model}", f"--mask_rule={rule}", f"--output_dir={root / f'{model}-{rule}'}"]
-        if model.startswith("keras.applications."):
-            # 28x28 Fashion-MNIST-shaped images, resized up to the 32x32 minimum.
-            commands.append(([*args, "--epochs=1", "--batch_size=16", "--max_test_examples=16",
-                              f"--data_dir={idx_dir}"], TRAIN))
-        elif model == "cnn":
-            if rule == "mean":
-                args.append("--gsnr_every=2")
-            commands.append(([*args, *TINY, f"--data_dir={idx_dir}"], TRAIN))
-        else:
-            args += ["--dataset=cifar10", "--epochs=1", "--batch_size=8", "--augment"]
-            commands.append((args, MOCK_TRAIN))
-    results = run_all(commands)
-    return {run: (root / f"{run[0]}-{run[1]}", result) for run, result in zip(ARCHITECTURE_RUNS, results)}
+def main_run(idx_dir, tmp_path_factory):
+    """The default cnn and rule, its flags from a flagfile: `(run_dir, result)`."""
+    root = tmp_path_factory.mktemp("main")
+    run_dir = root / "run"
+    flagfile = root / "run.flags"
+    flagfile.write_text("\n".join([*MAIN_FLAGS, f"--data_dir={idx_dir}", f"--output_dir={run_dir}"]))
+    return run_dir, run([f"--flagfile={flagfile}"])
 
 
-@pytest.mark.parametrize("model,rule", ARCHITECTURE_RUNS)
-def test_every_architecture_trains_with_masks_on_and_off(architecture_runs, model, rule):
-    run_dir, result = architecture_runs[(model, rule)]
+def test_main_run_is_complete_with_the_flagfile_flags(main_run):
+    run_dir, result = main_run
     assert_ok(result)
-    history, metrics = assert_complete_run(run_dir, epochs=2 if model == "cnn" else 1)
-    config = json.loads((run_dir / "config.json").read_text())["flags"]
-    assert config["model"] == model and config["mask_rule"] == rule
-    kept = [float(value) for key, value in history[-1].items() if key.startswith("kept_fraction/")]
-    assert kept, "each mask point reports its kept fraction"
-    if rule == "none":
-        assert all(value == 1.0 for value in kept)
-    else:
-        # A mask right before global average pooling sees the same gradient at
-        # every position: a tie that `topk` and `mean` keep whole.
-        assert all(0 < value <= 1 for value in kept) and min(kept) < 1
-    assert float(history[-1]["gradient_norm"]) > 0
+    assert_complete_run(run_dir, epochs=3)
+    flags = json.loads((run_dir / "config.json").read_text())["flags"]
+    assert (flags["model"], flags["mask_rule"]) == ("cnn", "mean")
+    assert (flags["strategy"], flags["num_cpu_devices"], flags["mask_start_epoch"]) == ("mirrored", 2, 1)
     assert "Done: test accuracy" in result.stdout
 
 
-def test_cnn_learns_the_tiny_task_and_logs_gsnr(architecture_runs):
-    run_dir = architecture_runs[("cnn", "mean")][0]
-    history, _ = assert_complete_run(run_dir)
+def test_masks_turn_on_at_the_start_epoch_on_two_mirrored_devices(main_run):
+    run_dir, result = main_run
+    assert_ok(result)
+    history = read_history(run_dir)
+    kept = [kept_fractions(row) for row in history]
+    assert len(kept[0]) == 3, "each mask point reports its kept fraction"
+    assert all(value == 1.0 for value in kept[0]), "masks off in the first epoch"
+    for epoch in kept[1:]:
+        # A mask point whose neighbourhood is one constant gradient keeps it whole.
+        assert all(0 < value <= 1 for value in epoch) and min(epoch) < 1
+    assert all(float(row["gradient_norm"]) > 0 for row in history)
+
+
+def test_cnn_learns_the_tiny_task_and_logs_gsnr(main_run):
+    run_dir, result = main_run
+    assert_ok(result)
+    history = read_history(run_dir)
     # Not a quality bar: proof that the masked step still trains (chance is 0.1).
     assert float(history[-1]["loss"]) < float(history[0]["loss"])
     gsnr = [float(row["gsnr"]) for row in history]
@@ -108,8 +116,9 @@ def test_cnn_learns_the_tiny_task_and_logs_gsnr(architecture_runs):
     assert any((run_dir / "logs" / "gsnr").rglob("*tfevents*"))
 
 
-def test_saved_model_serves_without_the_package(architecture_runs, idx_dir):
-    run_dir = architecture_runs[("cnn", "mean")][0]
+def test_saved_model_serves_without_the_package(main_run):
+    run_dir, result = main_run
+    assert_ok(result)
     script = f"""
 import sys
 sys.modules["gradmask_tf"] = None  # any import of the package now fails
@@ -134,30 +143,25 @@ assert probabilities.shape == (3, 10) and np.allclose(probabilities.sum(1), 1, a
     )
 
 
-def test_finished_run_is_not_overwritten(architecture_runs, idx_dir):
-    run_dir = architecture_runs[("cnn", "none")][0]
-    before = {path: path.stat().st_mtime_ns for path in run_dir.rglob("*") if path.is_file()}
-    args = ["--mask_rule=none", *TINY, f"--data_dir={idx_dir}", f"--output_dir={run_dir}"]
-    result = run(args)
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "--overwrite" in result.stderr
-    after = {path: path.stat().st_mtime_ns for path in run_dir.rglob("*") if path.is_file()}
-    assert after == before
-    result = run([*args, "--overwrite", "--epochs=1"])
-    assert_ok(result)
-    assert_complete_run(run_dir, epochs=1)
+# The copy of the main run is overwritten by a run on another dataset: CIFAR-10
+# shaped, from tensorflow-datasets (mocked), with augmentation.
+OVERWRITE_FLAGS = ["--dataset=cifar10", "--augment", "--epochs=6", "--batch_size=8", "--max_test_examples=16"]
 
 
-def test_resumes_after_sigkill_without_repeating_an_epoch(idx_dir, tmp_path):
-    run_dir = tmp_path / "run"
-    args = [
-        "--epochs=6",
-        "--batch_size=8",
-        "--max_test_examples=16",
-        f"--data_dir={idx_dir}",
-        f"--output_dir={run_dir}",
-    ]
-    process = start(args)
+@pytest.fixture(scope="module")
+def resumed_run(main_run, tmp_path_factory):
+    """A copy of the main run: refused, overwritten, SIGKILLed, refused again, resumed.
+
+    Returns a dict of what each step left behind.
+    """
+    run_dir = tmp_path_factory.mktemp("resumed") / "run"
+    shutil.copytree(main_run[0], run_dir)
+    args = [*OVERWRITE_FLAGS, f"--output_dir={run_dir}"]
+    steps = {"finished_files": file_times(run_dir)}
+    steps["refused_finished"] = run(args)
+    steps["files_after_refusal"] = file_times(run_dir)
+
+    process = start([*args, "--overwrite"], MOCK_TRAIN)
     deadline = time.time() + 300
     while not (run_dir / "checkpoints" / "epoch-0002").exists():
         assert process.poll() is None, process.communicate()[1][-2000:]
@@ -165,26 +169,52 @@ def test_resumes_after_sigkill_without_repeating_an_epoch(idx_dir, tmp_path):
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.communicate()
-    assert not (run_dir / "metrics.json").exists()
-    finished = [int(row["epoch"]) for row in read_history(run_dir)]
-    assert finished and finished == list(range(1, len(finished) + 1))
+    steps["killed_metrics"] = (run_dir / "metrics.json").exists()
+    steps["killed_epochs"] = [int(row["epoch"]) for row in read_history(run_dir)]
 
-    result = run(args)
+    steps["files_before_other_settings"] = file_times(run_dir)
+    steps["refused_other_settings"] = run([*args, "--epochs=7"])
+    steps["files_after_other_settings"] = file_times(run_dir)
+    steps["resumed"] = run(args, MOCK_TRAIN)
+    steps["run_dir"] = run_dir
+    return steps
+
+
+def test_finished_run_is_not_overwritten(resumed_run):
+    assert_one_line_error(resumed_run["refused_finished"], "--overwrite")
+    assert resumed_run["files_after_refusal"] == resumed_run["finished_files"]
+
+
+def test_resume_refuses_other_settings(resumed_run):
+    assert_one_line_error(resumed_run["refused_other_settings"], "other settings", "--epochs")
+    assert resumed_run["files_after_other_settings"] == resumed_run["files_before_other_settings"]
+
+
+def test_resumes_after_sigkill_without_repeating_an_epoch(resumed_run):
+    assert not resumed_run["killed_metrics"]
+    finished = resumed_run["killed_epochs"]
+    assert finished and finished == list(range(1, len(finished) + 1))
+    result, run_dir = resumed_run["resumed"], resumed_run["run_dir"]
     assert_ok(result)
     assert f"after epoch {len(finished)}" in result.stdout or f"after epoch {len(finished) + 1}" in result.stdout
-    history, _ = assert_complete_run(run_dir, epochs=6)
+    assert_complete_run(run_dir, epochs=6)
     # The resumed process ran only the epochs that were missing.
     assert result.stdout.count("Epoch ") <= 6 - len(finished)
     assert len(list((run_dir / "checkpoints").iterdir())) == 1
 
 
-def test_resume_refuses_other_settings(tmp_path, idx_dir):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "config.json").write_text(json.dumps({"flags": {"epochs": 3, "seed": 0}}))
-    result = run([*TINY, f"--data_dir={idx_dir}", f"--output_dir={run_dir}"])
-    assert result.returncode == 2 and "other settings" in result.stderr
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]
+def test_overwritten_by_a_tfds_dataset_with_augmentation(resumed_run):
+    run_dir = resumed_run["run_dir"]
+    assert_ok(resumed_run["resumed"])
+    flags = json.loads((run_dir / "config.json").read_text())["flags"]
+    assert (flags["dataset"], flags["augment"], flags["strategy"]) == ("cifar10", True, "default")
+    history, _ = assert_complete_run(run_dir, epochs=6)
+    kept = kept_fractions(history[-1])
+    assert len(kept) == 3 and all(0 < value <= 1 for value in kept) and min(kept) < 1
+    import keras
+
+    model = keras.models.load_model(run_dir / "model.keras")
+    assert tuple(model.inputs[0].shape[1:]) == (32, 32, 3)
 
 
 BAD_FLAGS = [
@@ -203,41 +233,12 @@ BAD_FLAGS = [
 
 
 def test_bad_flags_fail_in_one_line_and_write_nothing(tmp_path):
-    commands = [
-        ([*flags, f"--output_dir={tmp_path / str(index)}"], TRAIN)
-        for index, (flags, _) in enumerate(BAD_FLAGS)
-    ]
-    for index, ((flags, named), result) in enumerate(zip(BAD_FLAGS, run_all(commands))):
-        assert result.returncode == 2, (flags, result.stderr[-2000:])
-        message = result.stderr.strip()
-        assert "\n" not in message and "Traceback" not in message, message
-        assert named in message, (flags, message)
+    # Forked processes; the refusals above show that a fresh interpreter's stderr,
+    # TensorFlow's start-up lines included, is also that one line.
+    commands = [[*flags, f"--output_dir={tmp_path / str(index)}"] for index, (flags, _) in enumerate(BAD_FLAGS)]
+    for index, ((flags, named), result) in enumerate(zip(BAD_FLAGS, run_forked(commands))):
+        assert_one_line_error(result, named)
         assert not (tmp_path / str(index)).exists()
-
-
-def test_flagfile(tmp_path, idx_dir):
-    flagfile = tmp_path / "run.flags"
-    run_dir = tmp_path / "run"
-    flagfile.write_text(
-        "\n".join(["--epochs=1", "--batch_size=16", "--max_test_examples=16",
-                   "--mask_rule=topk", "--mask_keep_fraction=0.3",
-                   "--mask_start_epoch=0", f"--data_dir={idx_dir}", f"--output_dir={run_dir}"])
-    )
-    assert_ok(run([f"--flagfile={flagfile}"]))
-    config = json.loads((run_dir / "config.json").read_text())["flags"]
-    assert config["mask_rule"] == "topk" and config["mask_keep_fraction"] == 0.3
-
-
-def test_mask_start_epoch_and_mirrored_strategy_on_two_cpu_devices(tmp_path, idx_dir):
-    run_dir = tmp_path / "run"
-    result = run(
-        [*TINY, "--epochs=3", "--mask_start_epoch=1", "--strategy=mirrored",
-         "--num_cpu_devices=2", f"--data_dir={idx_dir}", f"--output_dir={run_dir}"]
-    )
-    assert_ok(result)
-    history, _ = assert_complete_run(run_dir, epochs=3)
-    kept = [float(row["kept_fraction/mask1"]) for row in history]
-    assert kept[0] == 1.0 and kept[1] < 1.0 and kept[2] < 1.0
 
 
 def _free_port():

@@ -1,0 +1,154 @@
+"""The reference architectures, in process: mask points (METHOD.md §3) and a training step."""
+
+import functools
+
+import keras
+import numpy as np
+import pytest
+
+import gradmask_tf
+
+# `activation` placement: one mask point after every conv block's non-linearity (in
+# a residual block: after the add and its ReLU; plus the ResNet stem) and after every
+# hidden dense layer.
+MASK_POINTS = {"cnn": 2 + 1, "vgg": 6 + 1, "resnet20": 1 + 9, "resnet32": 1 + 15, "resnet56": 1 + 27}
+# The smallest inputs every architecture's pooling and strides still take.
+INPUT_SHAPES = {"cnn": (8, 8, 1)}
+NUM_CLASSES = 5
+
+
+def _graph(model):
+    """`(producer, consumers)`: the layer that makes each layer's input(s), and the reverse."""
+    maker = {id(layer.output): layer for layer in model.layers}
+    producers, consumers = {}, {layer.name: [] for layer in model.layers}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        producers[layer.name] = [maker[id(tensor)] for tensor in inputs]
+        for source in producers[layer.name]:
+            consumers[source.name].append(layer)
+    return producers, consumers
+
+
+@functools.cache
+def _masked(architecture):
+    return _build(architecture, "mean")
+
+
+def _build(architecture, rule, **options):
+    keras.utils.set_random_seed(0)
+    return gradmask_tf.build_model(
+        architecture,
+        input_shape=INPUT_SHAPES.get(architecture, (8, 8, 3)),
+        num_classes=NUM_CLASSES,
+        mask_rule=rule,
+        **options,
+    )
+
+
+def _train_step(model, rule):
+    """One `GradMaskModel.train_step` on a batch of 4; returns the step's logs.
+
+    Run eagerly: tracing a deep model's step costs many times the step itself, and
+    train.py's runs (tests/test_train.py) run the traced step.
+    """
+    shape = model.inputs[0].shape[1:]
+    rng = np.random.default_rng(0)
+    images = rng.random((4, *shape)).astype("float32")
+    labels = rng.integers(0, NUM_CLASSES, 4)
+    model.compile(
+        keras.optimizers.Adam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        run_eagerly=True,
+    )
+    before = [np.array(weight) for weight in model.trainable_weights]
+    logs = model.train_on_batch(images, labels, return_dict=True)
+    assert np.isfinite(logs["loss"])
+    unchanged = [
+        weight.path
+        for weight, old in zip(model.trainable_weights, before)
+        if np.array_equal(np.array(weight), old)
+    ]
+    # The first conv's kernel changes only if the gradient came through every mask point.
+    assert not unchanged, f"weights the step did not update: {unchanged}"
+    kept = [value for name, value in logs.items() if name.startswith("kept_fraction/")]
+    assert len(kept) == len(gradmask_tf.mask_layers(model))
+    if rule == "none":
+        assert all(value == 1.0 for value in kept)
+    else:
+        # A mask right before global average pooling sees the same gradient at every
+        # position: a tie that `mean` keeps whole.
+        assert all(0 < value <= 1 for value in kept) and min(kept) < 1, kept
+    assert logs["gradient_norm"] > 0
+    return logs
+
+
+@pytest.mark.parametrize("architecture", gradmask_tf.ARCHITECTURES)
+def test_mask_points_sit_after_each_block_nonlinearity_and_never_on_the_logits(architecture):
+    model = _masked(architecture)
+    masks = gradmask_tf.mask_layers(model)
+    assert len(masks) == MASK_POINTS[architecture]
+    assert all(isinstance(mask, gradmask_tf.GradientMask) for mask in masks)
+    producers, consumers = _graph(model)
+    for mask in masks:
+        (relu,) = producers[mask.name]
+        assert isinstance(relu, keras.layers.ReLU), (mask.name, relu.name)
+        (before,) = producers[relu.name]
+        allowed = (keras.layers.Add, keras.layers.BatchNormalization, keras.layers.Conv2D, keras.layers.Dense)
+        assert isinstance(before, allowed), (mask.name, before.name)
+    masked_relus = {producers[mask.name][0].name for mask in masks}
+    for layer in model.layers:
+        feeds = consumers[layer.name]
+        if isinstance(layer, keras.layers.Add) or (
+            isinstance(layer, keras.layers.Dense) and layer.name not in model.output_names
+        ):
+            # Every residual add and every hidden dense layer reaches a mask through its ReLU.
+            (relu,) = feeds
+            assert relu.name in masked_relus, layer.name
+        if isinstance(layer, keras.layers.ReLU) and layer.name not in masked_relus:
+            # Only the ReLU inside a residual block, before its second conv, has none.
+            assert architecture.startswith("resnet"), layer.name
+            assert [type(f) for f in feeds] == [keras.layers.Conv2D], layer.name
+    # The logits: a plain Dense output, no mask on it or after it.
+    (output,) = model.outputs
+    (logits,) = [layer for layer in model.layers if layer.output is output]
+    assert isinstance(logits, keras.layers.Dense) and not consumers[logits.name]
+    assert logits.activation in (None, keras.activations.linear)
+
+
+@pytest.mark.parametrize("architecture", gradmask_tf.ARCHITECTURES)
+def test_one_training_step_with_masks_on_and_off(architecture):
+    masked = _masked(architecture)
+    _train_step(masked, "mean")
+    baseline = _build(architecture, "none")
+    # The baseline has the same layers and weights; only the backward pass differs.
+    assert [(type(a), a.name) for a in masked.layers] == [(type(b), b.name) for b in baseline.layers]
+    assert [w.shape for w in masked.weights] == [w.shape for w in baseline.weights]
+    assert {mask.get_config()["rule"] for mask in gradmask_tf.mask_layers(baseline)} == {"none"}
+    _train_step(baseline, "none")
+
+
+def test_an_application_is_resized_up_and_masked_by_insertion():
+    model = gradmask_tf.build_model(
+        "keras.applications.MobileNet", input_shape=(28, 28, 1), num_classes=NUM_CLASSES
+    )
+    (resize,) = [layer for layer in model.layers if isinstance(layer, keras.layers.Resizing)]
+    assert resize.output.shape[1:3] == (32, 32)  # the constructor's minimum size
+    assert isinstance(model, gradmask_tf.GradMaskModel) and len(model.mask_layers) > 20
+    _train_step(model, "mean")
+
+
+@pytest.mark.parametrize("architecture", gradmask_tf.ARCHITECTURES)
+def test_keras_file_round_trip(architecture, tmp_path):
+    model = _masked(architecture)
+    images = np.random.default_rng(1).random((2, *model.inputs[0].shape[1:])).astype("float32")
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.models.load_model(tmp_path / "model.keras", safe_mode=True)
+    assert isinstance(reloaded, gradmask_tf.GradMaskModel)
+    assert [mask.get_config() for mask in gradmask_tf.mask_layers(reloaded)] == [
+        mask.get_config() for mask in gradmask_tf.mask_layers(model)
+    ]
+    np.testing.assert_allclose(
+        reloaded(images, training=False), model(images, training=False), rtol=1e-5, atol=1e-6
+    )
