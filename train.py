@@ -91,6 +91,13 @@ flags.DEFINE_bool(
     "The rule's matched control: as many entries, the same L1 mass, uniformly random places.",
 )
 flags.DEFINE_integer(
+    "mask_metrics_every",
+    10,
+    "Measure kept_fraction and kept_l1 every N training steps (and each epoch's first); "
+    "1 = every step, at about the cost of the mask itself.",
+    lower_bound=1,
+)
+flags.DEFINE_integer(
     "mask_start_epoch", 0, "Masks are off before this epoch (0-based).", lower_bound=0
 )
 flags.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=1)
@@ -383,6 +390,7 @@ def compiled_model(info, jit_compile):
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
     )
+    model.mask_metrics_every = FLAGS.mask_metrics_every
     return model
 
 

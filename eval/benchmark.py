@@ -1,6 +1,6 @@
 """Times what Gradient Mask adds: the op's backward and full training steps.
 
-Run: `python -m eval.benchmark [--suites=op,step] [--repeats=30]`.
+Run: `python -m eval.benchmark [--suites=op,step,resnet50] [--repeats=30]`.
 
 Every candidate is timed interleaved in one process (round-robin, so drift in the
 machine's speed hits all alike) and the median over repeats is reported, with a
@@ -33,10 +33,22 @@ from gradmask_tf import ops  # noqa: E402
 from gradmask_tf.ops import RULES  # noqa: E402
 
 PROGRAM = "python -m eval.benchmark"
+# The rules with a matched control (METHOD.md section 2).
+CONTROL_RULES = tuple(rule for rule in RULES if rule not in ("none", "random"))
+# train.py's default: the mask metrics are measured every 10 steps.
+METRICS_EVERY = 10
+# The training-step arms: (name, rule, mask options, mask metrics every N steps).
+STEP_ARMS = (
+    ("none", "none", {}, METRICS_EVERY),
+    ("mean", "mean", {}, METRICS_EVERY),
+    ("mean, metrics every step", "mean", {}, 1),
+    *((rule, rule, {}, METRICS_EVERY) for rule in RULES if rule not in ("none", "mean")),
+    *((f"{rule} + control", rule, {"control": True}, METRICS_EVERY) for rule in CONTROL_RULES),
+)
 
 
-def _interleaved_medians(candidates, repeats, warmup=3):
-    """Runs each callable `repeats` times round-robin; returns median seconds."""
+def _interleaved(candidates, repeats, warmup=3):
+    """Runs each callable `repeats` times round-robin; returns its times in seconds."""
     for run in candidates.values():
         for _ in range(warmup):
             run()
@@ -46,7 +58,15 @@ def _interleaved_medians(candidates, repeats, warmup=3):
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(values)) for name, values in times.items()}
+    return {name: np.array(values) for name, values in times.items()}
+
+
+def _interleaved_medians(candidates, repeats, warmup=3):
+    """Median seconds of each callable, timed round-robin."""
+    return {
+        name: float(np.median(values))
+        for name, values in _interleaved(candidates, repeats, warmup).items()
+    }
 
 
 def _backward_fn(forward, jit_compile):
@@ -82,6 +102,11 @@ def op_candidates(shape, jit_compile=False):
     for rule in RULES:
         config = ops.MaskConfig(rule, seed=0 if rule == "random" else None)
         forwards[rule] = lambda t, config=config: ops.masked_identity(t, config)
+    for rule in CONTROL_RULES:
+        config = ops.MaskConfig(rule, control=True, seed=0)
+        forwards[f"{rule} + control"] = lambda t, config=config: ops.masked_identity(
+            t, config
+        )
     candidates = {}
     for name, forward in forwards.items():
         backward = _backward_fn(forward, jit_compile)
@@ -106,8 +131,15 @@ def benchmark_op(shape, repeats):
     return {"shape": list(shape), "megabytes": round(float(megabytes), 1), "rows": rows}
 
 
-def step_candidates(architecture, input_shape, batch_size, rules, jit_modes):
-    """One compiled training step per (rule, XLA mode) on the same fixed batch."""
+def step_candidates(architecture, input_shape, batch_size, arms, jit_modes, block):
+    """One compiled training step per arm and XLA mode on the same fixed batch.
+
+    Each candidate runs `block` consecutive steps, so a step that measures the mask
+    metrics every N steps is timed with its share of measured steps (N = `block`).
+
+    Args:
+      arms: `(name, rule, mask_options, mask_metrics_every)` tuples.
+    """
     import keras
 
     from gradmask_tf import build_model
@@ -116,7 +148,7 @@ def step_candidates(architecture, input_shape, batch_size, rules, jit_modes):
     images = tf.constant(rng.random((batch_size, *input_shape)), tf.float32)
     labels = tf.constant(rng.integers(0, 10, batch_size), tf.int32)
     candidates = {}
-    for rule in rules:
+    for name, rule, options, every in arms:
         for jit_compile in jit_modes:
             keras.utils.set_random_seed(0)
             model = build_model(
@@ -126,48 +158,66 @@ def step_candidates(architecture, input_shape, batch_size, rules, jit_modes):
                 mask_rule=rule,
                 dataset="fashion_mnist",
                 seed=0,
+                **options,
             )
             model.compile(
                 optimizer=keras.optimizers.Adam(1e-3),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"],
             )
+            model.mask_metrics_every = every
             step = tf.function(model.train_step, jit_compile=jit_compile)
-            name = f"{rule}{' (XLA)' if jit_compile else ''}"
-            candidates[name] = lambda step=step: float(step((images, labels))["loss"])
+
+            def run(step=step):
+                for _ in range(block):
+                    loss = step((images, labels))["loss"]
+                return float(loss)
+
+            candidates[f"{name}{' (XLA)' if jit_compile else ''}"] = run
     return candidates
 
 
-def benchmark_step(architecture, input_shape, batch_size, repeats, rules, jit_modes):
-    medians = _interleaved_medians(
-        step_candidates(architecture, input_shape, batch_size, rules, jit_modes), repeats
+def benchmark_step(architecture, input_shape, batch_size, repeats, arms, jit_modes, block=10):
+    """Per-step milliseconds and ratios to `none`, the median of paired repeats.
+
+    A repeat of each candidate is `block` steps; repeats are interleaved, so the
+    ratio of a candidate's repeat to the `none` repeat beside it cancels the
+    machine's drift. The spread is the 25th to 75th percentile of those ratios.
+    """
+    times = _interleaved(
+        step_candidates(architecture, input_shape, batch_size, arms, jit_modes, block),
+        repeats,
     )
     rows = []
-    for name, seconds in medians.items():
-        baseline = medians["none (XLA)" if name.endswith("(XLA)") else "none"]
+    for name, seconds in times.items():
+        baseline = times["none (XLA)" if name.endswith("(XLA)") else "none"]
+        ratios = seconds / baseline
         rows.append(
             {
                 "name": name,
-                "ms": round(seconds * 1e3, 2),
-                "vs_none": round(seconds / baseline, 3),
-                "vs_none_no_xla": round(seconds / medians["none"], 3),
+                "ms": round(float(np.median(seconds)) / block * 1e3, 2),
+                "vs_none": round(float(np.median(ratios)), 3),
+                "spread": "{:.3f}-{:.3f}".format(*np.percentile(ratios, [25, 75])),
+                "vs_none_no_xla": round(float(np.median(seconds / times["none"])), 3),
             }
         )
     return {
         "architecture": architecture,
         "input_shape": list(input_shape),
         "batch_size": batch_size,
+        "steps_per_repeat": block,
+        "repeats": repeats,
         "rows": rows,
     }
 
 
 def _print_table(title, rows, columns):
     print(f"\n{title}")
-    header = " | ".join(f"{column:>12}" for column in columns)
-    print(header)
-    print("-" * len(header))
+    widths = [max(12, *(len(str(row[column])) for row in rows)) for column in columns]
+    print(" | ".join(f"{column:>{width}}" for column, width in zip(columns, widths)))
+    print("-" * (sum(widths) + 3 * (len(widths) - 1)))
     for row in rows:
-        print(" | ".join(f"{str(row[column]):>12}" for column in columns))
+        print(" | ".join(f"{str(row[column]):>{width}}" for column, width in zip(columns, widths)))
 
 
 def environment():
@@ -207,7 +257,7 @@ def main(argv=None):
     parser.add_argument(
         "--suites", default="op,step,resnet50", help="comma-separated: op, step, resnet50"
     )
-    parser.add_argument("--step_repeats", type=int, default=20)
+    parser.add_argument("--step_repeats", type=int, default=30)
     parser.add_argument("--batch_size", type=int, default=128)
     args = parser.parse_args(argv)
     suites = args.suites.split(",")
@@ -235,34 +285,35 @@ def main(argv=None):
         )
     if "step" in suites:
         result["train_step"] = benchmark_step(
-            "cnn", (28, 28, 1), args.batch_size, args.step_repeats, RULES, (False,)
+            "cnn", (28, 28, 1), args.batch_size, args.step_repeats, STEP_ARMS, (False,)
         )
         _print_table(
             f"Training step, default cnn on 28x28x1, batch {args.batch_size}, no XLA, "
-            f"median of {args.step_repeats}",
+            f"mask metrics every {METRICS_EVERY} steps unless said; median of "
+            f"{args.step_repeats} repeats of {METRICS_EVERY} steps",
             result["train_step"]["rows"],
-            ("name", "ms", "vs_none"),
+            ("name", "ms", "vs_none", "spread"),
         )
         result["train_step_xla"] = benchmark_step(
-            "cnn", (28, 28, 1), args.batch_size, args.step_repeats, ("none", "mean"),
+            "cnn", (28, 28, 1), args.batch_size, args.step_repeats, STEP_ARMS[:2],
             (False, True),
         )
         _print_table(
             "The same step with XLA on and off",
             result["train_step_xla"]["rows"],
-            ("name", "ms", "vs_none", "vs_none_no_xla"),
+            ("name", "ms", "vs_none", "spread", "vs_none_no_xla"),
         )
     if "resnet50" in suites:
         # insert_masks on keras.applications.ResNet50 (49 mask points), small input.
         result["resnet50_step"] = benchmark_step(
             "keras.applications.ResNet50", (32, 32, 3), 32, max(args.step_repeats // 2, 3),
-            ("none", "mean"), (False,),
+            STEP_ARMS[:2], (False,),
         )
         _print_table(
             "Training step, keras.applications.ResNet50 with insert_masks, 32x32x3, "
             "batch 32, no XLA",
             result["resnet50_step"]["rows"],
-            ("name", "ms", "vs_none"),
+            ("name", "ms", "vs_none", "spread"),
         )
     print(json.dumps(result))
     return 0

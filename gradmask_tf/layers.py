@@ -44,7 +44,10 @@ class GradientMask(keras.layers.Layer):
         training step, is this mask point's `[kept_fraction, kept_l1]`: the share
         of the finite non-zero gradient entries that the mask passes and the share
         of their L1 mass it selects (`[1, 1]` while disabled; see
-        `gradmask_tf.mask_gradient`). `GradMaskModel` reports them.
+        `gradmask_tf.mask_gradient`). Its value is the switch: while it is zero
+        the statistics are not computed (and its gradient is zero), which is how
+        `GradMaskModel` measures only every `mask_metrics_every` steps. Starts at
+        ones: measured.
 
     Args:
       rule: `"none"`, `"mean"`, `"local"`, `"topk"`, `"lateral"`, `"log"` or
@@ -116,8 +119,10 @@ class GradientMask(keras.layers.Layer):
         self.gradient_probe = self.add_weight(
             shape=(2,),
             dtype="float32",
-            initializer="zeros",
+            initializer="ones",
             trainable=False,
+            # Switched inside the (replicated) training step: one value for all.
+            aggregation="only_first_replica",
             name="gradient_probe",
         )
         # Only the `random` rule and the control draw; the generator advances once

@@ -547,7 +547,7 @@ def _apply_rule(g, g32, rule, config, seed):
     return masked, keep, axes
 
 
-def mask_gradient(g, config, seed=None):
+def mask_gradient(g, config, seed=None, measure=True):
     """Masks a gradient by the rule of `config` (the backward of the op).
 
     Args:
@@ -556,6 +556,9 @@ def mask_gradient(g, config, seed=None):
       seed: For the `random` rule and the matched control, a `[2]` integer tensor
         for a stateless draw; if None, `config.seed` is used (`[seed, 0]`), and with
         no seed at all a fresh stateful draw is made.
+      measure: A Python bool or a scalar bool tensor: whether to compute the
+        statistics (they cost about as much as the mask itself); zeros when false.
+        Defaults to True.
 
     Returns:
       `(masked, statistics)`: the masked gradient, with the dtype of `g`, and a
@@ -591,7 +594,11 @@ def mask_gradient(g, config, seed=None):
             scope=config.scope,
             uniform=lambda shape: _uniform(shape, tf.float64, config, seed),
         )
-    return masked, _statistics(g32, keep)
+    if isinstance(measure, bool):
+        return masked, _statistics(g32, keep) if measure else tf.zeros([2], tf.float32)
+    return masked, tf.cond(
+        measure, lambda: _statistics(g32, keep), lambda: tf.zeros([2], tf.float32)
+    )
 
 
 def masked_identity(x, config, *, enabled=True, seed=None, probe=None):
@@ -610,9 +617,12 @@ def masked_identity(x, config, *, enabled=True, seed=None, probe=None):
         unchanged, with no retracing when a tensor flips.
       seed: A `[2]` integer tensor keying the draws of the `random` rule and of the
         matched control, or None.
-      probe: A float32 `[2]` tensor, or None. Its gradient is this mask point's
-        `[kept_fraction, kept_l1]` (see `mask_gradient`; `[1, 1]` when disabled), so
-        a training step can report them without side effects.
+      probe: A float32 `[2]` tensor, or None. While its first entry is non-zero, its
+        gradient is this mask point's `[kept_fraction, kept_l1]` (see
+        `mask_gradient`; `[1, 1]` when disabled), so a training step can report them
+        without side effects; while it is zero (or with no probe) the statistics are
+        not computed and its gradient is zero. A training step that measures every
+        N steps switches it.
 
     Returns:
       A tensor equal to `x`.
@@ -621,6 +631,7 @@ def masked_identity(x, config, *, enabled=True, seed=None, probe=None):
     _check_tensor(x)
     use_seed = seed is not None
     seed = tf.cast(seed, tf.int64) if use_seed else tf.zeros([2], tf.int64)
+    measure = probe is not None
     probe = tf.zeros([2], tf.float32) if probe is None else probe
     static_enabled = enabled if isinstance(enabled, bool) else None
     enabled = tf.convert_to_tensor(enabled, tf.bool)
@@ -629,7 +640,12 @@ def masked_identity(x, config, *, enabled=True, seed=None, probe=None):
     def identity(x, enabled, seed, probe):
         def grad(upstream):
             def masked():
-                return mask_gradient(upstream, config, seed if use_seed else None)
+                return mask_gradient(
+                    upstream,
+                    config,
+                    seed if use_seed else None,
+                    measure=measure and probe[0] != 0,
+                )
 
             def passed():
                 return upstream, tf.ones([2], tf.float32)

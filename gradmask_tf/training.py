@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from gradmask_tf.errors import invalid
 from gradmask_tf.layers import GradientMask
 
 KEPT_FRACTION_PREFIX = "kept_fraction/"
@@ -39,7 +40,8 @@ class GradMaskModel(keras.Model):
       mask point let through, and `kept_l1/<mask layer>` the share of their L1 mass
       (METHOD.md section 2; both 1.0 where masking is off). Entries that arrive as
       exactly zero (below a max pool, say) are not counted, so the figures compare
-      across rules and placements;
+      across rules and placements. Measured on every `mask_metrics_every`-th step
+      (and the first step of each epoch): they cost about as much as the mask;
     - `gradient_norm`: the global L2 norm of the loss gradient over the trainable
       weights, loss scaling undone (the mean over replicas of each replica's
       gradient under a distribution strategy); steps whose gradient overflowed in
@@ -48,6 +50,7 @@ class GradMaskModel(keras.Model):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._mask_metrics_every = 1
         # Made here, under the caller's strategy scope: created inside a distributed
         # step, their variables would not be mirrored correctly.
         self._mask_trackers = [
@@ -61,12 +64,27 @@ class GradMaskModel(keras.Model):
         return mask_layers(self)
 
     @property
+    def mask_metrics_every(self):
+        """Measure the mask metrics every N training steps (1, the default: every step).
+
+        Set it before `fit` (the step is traced with it); not saved with the model.
+        """
+        return self._mask_metrics_every
+
+    @mask_metrics_every.setter
+    def mask_metrics_every(self, value):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise invalid("mask_metrics_every", "a positive integer", value)
+        self._mask_metrics_every = value
+
+    @property
     def metrics(self):
         mask_trackers = [tracker for pair in self._mask_trackers for tracker in pair]
         return super().metrics + mask_trackers + [self._gradient_norm_tracker]
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        measure = self._switch_mask_metrics()
         # Each mask point's probe receives [kept_fraction, kept_l1] as its "gradient".
         probes = [layer.gradient_probe.value for layer in self.mask_layers]
         with tf.GradientTape() as tape:
@@ -96,9 +114,24 @@ class GradMaskModel(keras.Model):
             # A mask point the loss does not reach reports no gradient at all.
             if statistics is not None:
                 for index, tracker in enumerate(trackers):
-                    tracker.update_state(statistics[index])
+                    tracker.update_state(statistics[index], sample_weight=measure)
         self._update_gradient_norm(gradients, loss_scale, replicas)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _switch_mask_metrics(self):
+        """Turns the probes on for a measured step; returns 1.0 if measured, else 0.0."""
+        if self._mask_metrics_every == 1 or not self._mask_trackers:
+            return tf.constant(1.0)
+        # Every N-th step, and the epoch's first (the trackers were just reset), so
+        # every epoch has a figure.
+        measure = tf.logical_or(
+            self.optimizer.iterations % self._mask_metrics_every == 0,
+            tf.equal(self._mask_trackers[0][0].count.value, 0.0),
+        )
+        switch = tf.cast(measure, tf.float32)
+        for layer in self.mask_layers:
+            layer.gradient_probe.assign(tf.fill([2], switch))
+        return switch
 
     def _update_gradient_norm(self, gradients, loss_scale, replicas):
         norm = tf.linalg.global_norm(

@@ -295,7 +295,7 @@ def test_masked_identity_reports_statistics_and_obeys_enabled():
     upstream = tf.constant(random_gradient(4, seed=8))
     config = MaskConfig("mean")
     _, expected = mask_gradient(upstream, config)
-    probe = tf.zeros([2])
+    probe = tf.ones([2])  # non-zero: measure
     for enabled in (True, False, tf.constant(True), tf.constant(False)):
         with tf.GradientTape() as tape:
             tape.watch([x, probe])
@@ -310,6 +310,18 @@ def test_masked_identity_reports_statistics_and_obeys_enabled():
         else:
             np.testing.assert_array_equal(statistics.numpy(), [1.0, 1.0])
             np.testing.assert_array_equal(grad_x.numpy(), upstream.numpy())
+    # A zero probe switches the statistics off; the mask is the same.
+    for probe_value in (tf.zeros([2]), None):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = ops.masked_identity(x, config, probe=probe_value)
+        grad_x = tape.gradient(y, x, output_gradients=upstream)
+        np.testing.assert_array_equal(grad_x.numpy(), mask_gradient(upstream, config)[0].numpy())
+    with tf.GradientTape() as tape:
+        probe = tf.zeros([2])
+        tape.watch(probe)
+        y = ops.masked_identity(x, config, probe=probe)
+    np.testing.assert_array_equal(tape.gradient(y, probe, output_gradients=upstream), [0, 0])
 
 
 @pytest.mark.parametrize("rule", ("mean", "local"))

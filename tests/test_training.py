@@ -1,5 +1,7 @@
 """Tests of `GradMaskModel.train_step` and the mask switches of `gradmask_tf.training`."""
 
+import contextlib
+
 import keras
 import numpy as np
 import pytest
@@ -127,6 +129,46 @@ def test_kept_fraction_is_reported_per_mask_point(batch):
     assert logs["kept_fraction/mask"] == pytest.approx(0.5)
     baseline = _compile(_model("none"))
     assert baseline.train_on_batch(*batch, return_dict=True)["kept_fraction/mask"] == 1.0
+
+
+class _Counts(keras.callbacks.Callback):
+    """The number of measured steps behind each epoch's mask metrics."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        tracker = _tracker(self.model, "kept_fraction/mask")
+        self.counts.append(int(tracker.count.numpy()))
+
+
+@pytest.mark.parametrize("mirrored", (False, True))
+def test_mask_metrics_are_measured_every_n_steps_and_each_epochs_first(rng, mirrored):
+    x = rng.normal(size=(64, 6)).astype("float32")
+    y = rng.integers(0, 3, 64).astype("int32")
+    scope = (
+        tf.distribute.MirroredStrategy(
+            [device.name for device in tf.config.list_logical_devices("CPU")],
+            cross_device_ops=tf.distribute.ReductionToOneDevice(),
+        ).scope()
+        if mirrored
+        else contextlib.nullcontext()
+    )
+    with scope:
+        model = _compile(_model("topk", keep_fraction=0.5))
+    model.mask_metrics_every = 3
+    counts = _Counts()
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[counts])
+    # Steps 0, 3, 6 of the first epoch; 8 (the epoch's first), 9, 12, 15 of the second
+    # (each replica counts its own).
+    replicas = 2 if mirrored else 1
+    assert counts.counts == [3 * replicas, 4 * replicas]
+    assert history.history["kept_fraction/mask"] == pytest.approx([0.5, 0.5])
+    # Unmeasured steps switch the probe off: the statistics are not computed there.
+    assert model.mask_layers[0].gradient_probe.numpy().tolist() == [1.0, 1.0]  # step 15
+    with pytest.raises(ValueError, match="mask_metrics_every"):
+        model.mask_metrics_every = 0
 
 
 def test_evaluation_logs_leave_out_the_training_trackers(batch):
