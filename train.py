@@ -142,8 +142,8 @@ flags.DEFINE_bool("mixed_precision", False, "Train with the mixed_float16 policy
 flags.DEFINE_bool("deterministic", False, "Deterministic TensorFlow ops (slower).")
 flags.DEFINE_bool("overwrite", False, "Replace a finished or different run in output_dir.")
 
-GSNR_PROBE_EXAMPLES = 256
-GSNR_MICRO_BATCHES = 8
+GSNR_PROBE_EXAMPLES = quality.NUM_PROBE_EXAMPLES  # the fixed size figures compare at
+GSNR_MICRO_BATCHES = quality.NUM_MICRO_BATCHES
 
 # This script's own flags (recorded in config.json), then those that may differ
 # when the same run is resumed.

@@ -64,9 +64,15 @@ flags.DEFINE_list(
 flags.DEFINE_integer("num_images", 16, "Images for the saliency maps.", lower_bound=1)
 flags.DEFINE_integer("smoothgrad_samples", 20, "SmoothGrad samples.", lower_bound=1)
 # quality
-flags.DEFINE_integer("micro_batches", 8, "GSNR micro-batches.", lower_bound=2)
+# gradmask_tf.quality.NUM_MICRO_BATCHES and NUM_PROBE_EXAMPLES, not imported here (it
+# loads TensorFlow): GSNR figures compare only between probes of the same size.
 flags.DEFINE_integer(
-    "probe_examples", 256, "GSNR probe: the first N training examples.", lower_bound=2
+    "micro_batches", 32, "GSNR micro-batches (at least 2 examples each).", lower_bound=2
+)
+flags.DEFINE_integer(
+    "probe_examples", 1024,
+    "GSNR probe: the first N training examples. Figures compare only at the same size.",
+    lower_bound=4,
 )
 
 SMOKE = dict(
@@ -126,6 +132,11 @@ def settings():
                 values[name] = cap
             else:  # 0 means "all", which the cap replaces too
                 values[name] = min(values[name], cap) if values[name] else cap
+    if values["probe_examples"] < 2 * values["micro_batches"]:
+        raise ValueError(
+            f"flag --probe_examples={values['probe_examples']}: expected at least 2 examples "
+            f"in each of the {values['micro_batches']} --micro_batches"
+        )
     values["run_dir"] = run_dir
     values["evals"] = _names("evals", FLAGS.evals, EVALUATIONS)
     for name, high in (("eps", 1.0), ("sparsities", 0.999)):

@@ -117,7 +117,9 @@ def metric_rows(run):
             rows["saliency"]["chance (object share)"] = saliency["chance"]
     quality = run.evals.get("quality")
     if quality:
-        rows["quality"]["GSNR (model)"] = quality["gsnr"]
+        rows["quality"]["GSNR (mean over parameters)"] = quality["gsnr"]
+        if "gsnr_mean_of_layer_medians" in quality:
+            rows["quality"]["GSNR (mean of layer medians)"] = quality["gsnr_mean_of_layer_medians"]
         for name, kept in quality.get("kept_fraction", {}).items():
             rows["quality"][f"kept: {name}"] = kept
     return rows
@@ -164,7 +166,7 @@ CLAIMS = {
     "adversarial": "Accuracy under L∞ attack (exact gradients)",
     "pruning": "Accuracy after magnitude pruning (TF-MOT)",
     "saliency": "Saliency foreground focus (share of saliency on object pixels)",
-    "quality": "Gradient quality: GSNR on a probe batch, masks active",
+    "quality": "Gradient quality: GSNR on a probe batch, masks active (secondary: no verdict)",
 }
 
 
@@ -210,7 +212,7 @@ def report(runs, output_dir):
         baseline = next((l for l, m in groups.items() if m[0].rule == BASELINE), None)
         control = next((l for l, m in groups.items() if m[0].rule == CONTROL), None)
         masked = [l for l, m in groups.items() if m[0].rule not in (BASELINE, CONTROL)]
-        judged = [m for m in metrics if not m.startswith(("chance", "kept"))]
+        judged = [m for m in metrics if not m.startswith(("chance", "kept", "GSNR"))]
         if baseline and control and masked and judged:
             lines += ["", "Verdicts:", ""]
             lines.append("| metric | " + " | ".join(masked) + " |")
