@@ -164,6 +164,10 @@ class GradientProbe:
         def restore():
             for variable, value in zip(state_variables, state):
                 variable.assign(value)
+            for layer in self.masks:
+                # The probe's value switches the mask statistics on (GradMaskModel may
+                # have left them off between measured steps).
+                layer.gradient_probe.assign(tf.ones([2]))
 
         gradients = [[] for _ in variables]
         kept = {layer.name: [] for layer in self.masks}
@@ -181,7 +185,8 @@ class GradientProbe:
                     if value is not None:
                         kept[layer.name].append(float(value[0]))  # [kept_fraction, kept_l1]
         finally:
-            restore()
+            for variable, value in zip(state_variables, state):
+                variable.assign(value)
         return (
             [np.stack(store) for store in gradients],
             {name: float(np.mean(values)) for name, values in kept.items() if values},

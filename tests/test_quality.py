@@ -294,3 +294,16 @@ def test_evaluate_quality_writes_none_where_no_parameter_has_a_gsnr():
     result = evaluate_quality(model, data, num_micro_batches=2)
     assert result["share_without_gradient"] == 1.0
     assert result["gsnr"] is None and result["per_layer"] == {"linear": None}
+
+
+def test_the_probe_measures_the_masks_after_a_step_that_did_not():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(5)
+    images = rng.random((8, 28, 28, 1)).astype("float32")
+    labels = rng.integers(0, 10, 8)
+    model = gradmask_tf.build_model("cnn", input_shape=(28, 28, 1), num_classes=10)
+    for layer in model.mask_layers:  # as GradMaskModel leaves them between measurements
+        layer.gradient_probe.assign([0.0, 0.0])
+    _, kept = quality.GradientProbe(model)(images, labels, num_micro_batches=2)
+    assert all(0 < value < 1 for value in kept.values()), kept
+    assert all(layer.gradient_probe.numpy().tolist() == [0, 0] for layer in model.mask_layers)
