@@ -317,7 +317,8 @@ def plot_forest(rows, title=None):
     versus = list(dict.fromkeys(row["versus"] for row in rows))
     num_columns = min(len(metrics), 3)
     num_rows = -(-len(metrics) // num_columns)
-    figure = _figure(3.0 * num_columns + 1.8, 0.8 + num_rows * (0.6 + 0.45 * len(rules)))
+    figure = _figure(max(5.0, 3.2 * num_columns + 0.8),
+                     1.2 + num_rows * (0.6 + 0.45 * len(rules)))
     axes = figure.subplots(num_rows, num_columns, squeeze=False, sharey=True)
     offsets = np.linspace(-0.15, 0.15, len(versus)) if len(versus) > 1 else [0.0]
     for ax, metric in zip(axes.flat, metrics):
@@ -343,7 +344,7 @@ def plot_forest(rows, title=None):
                linestyle="none", label=f"rule − {name}")
         for index, name in enumerate(versus)
     ]
-    figure.legend(handles=handles, loc="outside right upper", alignment="left")
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles))
     figure.suptitle(title or "Paired differences by seed, 95% t-intervals (unadjusted)")
     return figure
 

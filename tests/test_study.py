@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from eval import adversarial, compare
 from tests.helpers import ROOT, environment
 
 
@@ -64,46 +63,3 @@ def test_quick_study_resumes_after_an_interruption(tmp_path, idx_dir):
         assert (directory / "runs" / f"{rule}-seed0" / "eval" / "quality.json").is_file()
     record = json.loads((directory / "study.json").read_text())
     assert record["wall_seconds_total"] >= record["wall_seconds_this_invocation"] > 0
-
-
-def _fake_run(root, rule, seed, accuracy, pgd, focus):
-    run = root / f"{rule}-{seed}"
-    (run / "eval").mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"flags": {"mask_rule": rule, "seed": seed, "model": "cnn"}}))
-    (run / "metrics.json").write_text(json.dumps({"test_accuracy": accuracy}))
-    (run / "eval" / "adversarial.json").write_text(
-        json.dumps(
-            {
-                "clean_accuracy": accuracy,
-                "num_examples": 10,
-                "attacks": {"pgd": {"0.1": pgd}},
-                "settings": {"attacks": ["pgd"], "eps": [0.1], "pgd_steps": 10,
-                             "pgd_step_size": adversarial.PGD_STEP_SIZE_RULE},
-            }
-        )
-    )
-    (run / "eval" / "saliency.json").write_text(
-        json.dumps({"foreground_focus": {"saliency": focus}, "chance": 0.5, "num_examples": 4})
-    )
-    return compare.load_run(run)
-
-
-def test_report_from_stored_results(tmp_path):
-    runs = []
-    # mean wins on accuracy, loses under attack, ties on focus; two seeds each.
-    for seed, jitter in enumerate((0.0, 0.002)):
-        runs.append(_fake_run(tmp_path, "none", seed, 0.90 + jitter, 0.30 + jitter, 0.60 + jitter))
-        runs.append(_fake_run(tmp_path, "random", seed, 0.89 + jitter, 0.31 + jitter, 0.61 - jitter))
-        runs.append(_fake_run(tmp_path, "mean", seed, 0.95 + jitter, 0.20 + jitter, 0.60 + jitter))
-    text = compare.report(runs, tmp_path / "report")
-    assert "| test accuracy | 0.9010 ± 0.0014 | 0.8910 ± 0.0014 | 0.9510 ± 0.0014 |" in text
-    lines = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
-    assert "better (+0.0500 vs none, +0.0600 vs random" in lines["test accuracy"]
-    assert "worse (-0.1000 vs none" in lines["PGD ε=0.1"]
-    assert "no effect" in lines["focus: saliency"]
-    assert (tmp_path / "report" / "report.md").read_text() == text
-
-
-def test_verdict_needs_two_seeds():
-    assert compare.verdict([0.9], [0.8], [0.8]) == "one seed: no spread to judge by"
-    assert compare.verdict([0.9, 0.91], [0.8, 0.8], [0.8, 0.8]).startswith("better")
