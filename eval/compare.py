@@ -1,27 +1,36 @@
-r"""Compares runs side by side: one table per claim, runs of a configuration grouped.
+r"""Compares arms of runs, paired by seed, with `none` and each rule's matched control.
 
-  python -m eval.compare runs/a runs/b runs/c --output_dir=reports/ab
+  python -m eval.compare RUN [RUN ...] --output_dir=DIR --primary=mean:test_accuracy:higher
 
-Reads each run's `config.json`, `metrics.json` and `eval/*.json` and writes
-`DIR/report.md` with one table per claim (accuracy; accuracy under attack at each eps;
-accuracy after pruning at each sparsity; saliency foreground focus; GSNR), runs of the
-same configuration (all flags but the seed) grouped as mean ± std over seeds, a verdict
-per claim where a baseline (`none`) and the control (`random`) are present, and overlay
-figures beside it.
+Reads each run's `config.json`, `metrics.json` and `eval/*.json`, groups the runs into
+arms paired by seed (`eval.arms`), and writes `DIR/report.md`: the arms; the verdicts
+of the primary comparisons declared with `--primary` (`eval.stats.judge`); per claim
+(accuracy; the mask metrics; accuracy under attack at each eps; after pruning at each
+sparsity; saliency foreground focus; GSNR) each arm's mean ± std over seeds and each
+masked rule's paired differences to `none` and to its matched control with 95%
+t-intervals (unadjusted: secondary, never a verdict); and the figures, `forest.png`
+(those paired differences) first.
 """
 
 import dataclasses
+import functools
 import json
 import pathlib
 import sys
 
 import numpy as np
 
+from eval import arms as study_arms
+from eval import stats
+
 PROGRAM = "python -m eval.compare"
-BASELINE = "none"
-CONTROL = "random"
-# Flags that do not change what a run measures: runs differing only in these group.
-_NOT_CONFIGURATION = {"seed", "output_dir", "overwrite", "data_dir", "num_cpu_devices"}
+CONTROL_LIMIT = (
+    "The control's limit (METHOD.md section 2): a random subset scaled to the same mass "
+    "is the true gradient plus sampling noise, so beating it shows the rule's selection "
+    "is better than an uninformed one of the same size, not why."
+)
+# metrics.json entries that record the run rather than measure it.
+_BOOKKEEPING = {"num_test_examples", "epochs", "train_seconds", "mean_epoch_seconds", "seed"}
 
 
 @dataclasses.dataclass
@@ -39,6 +48,16 @@ class Run:
     @property
     def seed(self):
         return self.config.get("seed", 0)
+
+    @functools.cached_property
+    def rows(self):
+        """`metric_rows` of the run."""
+        return metric_rows(self)
+
+    @functools.cached_property
+    def measures(self):
+        """Every figure of the run by name: `{metric: value}` over all claims."""
+        return {name: value for rows in self.rows.values() for name, value in rows.items()}
 
 
 def load_run(path):
@@ -61,60 +80,35 @@ def load_run(path):
     )
 
 
-def group_runs(runs):
-    """Groups runs by configuration (all flags but the seed), labelled by rule.
-
-    Where several configurations share a rule, the flags that tell them apart are
-    added to the label.
-    """
-    groups = {}
-    for run in runs:
-        key = json.dumps(
-            {k: v for k, v in sorted(run.config.items()) if k not in _NOT_CONFIGURATION},
-            sort_keys=True,
-        )
-        groups.setdefault(key, []).append(run)
-    configurations = [json.loads(key) for key in groups]
-    labelled = {}
-    for configuration, members in zip(configurations, groups.values()):
-        rule = configuration.get("mask_rule", "?")
-        # Only flags that tell apart configurations of the same rule go in the label.
-        siblings = [c for c in configurations if c.get("mask_rule") == rule]
-        varying = sorted(
-            name
-            for name in set().union(*siblings)
-            if len({json.dumps(c.get(name)) for c in siblings}) > 1
-        )
-        extra = [f"{name}={configuration.get(name)}" for name in varying]
-        label = rule + (" (" + ", ".join(extra) + ")" if extra else "")
-        labelled[label] = sorted(members, key=lambda run: run.seed)
-    return labelled
-
-
 def metric_rows(run):
-    """Every figure of one run, by claim: {claim: {metric: value}} (higher is better)."""
-    rows = {"accuracy": {}, "adversarial": {}, "pruning": {}, "saliency": {}, "quality": {}}
-    if "test_accuracy" in run.metrics:
-        rows["accuracy"]["test accuracy"] = run.metrics["test_accuracy"]
+    """Every figure of one run, by claim: {claim: {metric: value}}."""
+    from gradmask_tf.training import MASK_METRIC_PREFIXES  # TensorFlow: loaded late
+
+    rows = {claim: {} for claim in CLAIMS}
+    for name, value in run.metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if name.startswith(MASK_METRIC_PREFIXES):
+                rows["mask"][name] = value
+            elif name not in _BOOKKEEPING:
+                rows["accuracy"][name] = value
     adversarial = run.evals.get("adversarial")
     if adversarial:
-        rows["adversarial"]["clean"] = adversarial["clean_accuracy"]
+        rows["adversarial"]["adversarial/clean"] = adversarial["clean_accuracy"]
         for attack, by_eps in adversarial["attacks"].items():
             for eps, accuracy in by_eps.items():
-                rows["adversarial"][f"{attack.upper()} ε={eps}"] = accuracy
+                rows["adversarial"][f"adversarial/{attack}/{eps}"] = accuracy
     pruning = run.evals.get("pruning")
     if pruning:
-        rows["pruning"]["dense"] = pruning["dense_accuracy"]
+        rows["pruning"]["pruning/dense"] = pruning["dense_accuracy"]
         for mode in ("one_shot", "fine_tuned"):
             for sparsity, result in pruning.get(mode, {}).items():
-                name = mode.replace("_", "-")
-                rows["pruning"][f"{name} {sparsity}"] = result["accuracy"]
+                rows["pruning"][f"pruning/{mode}/{sparsity}"] = result["accuracy"]
     saliency = run.evals.get("saliency")
     if saliency:
         for method, focus in saliency["foreground_focus"].items():
-            rows["saliency"][f"focus: {method}"] = focus
+            rows["saliency"][f"saliency/{method}"] = focus
         if "chance" in saliency:
-            rows["saliency"]["chance (object share)"] = saliency["chance"]
+            rows["saliency"]["saliency/chance"] = saliency["chance"]
     quality = run.evals.get("quality")
     if quality:
         rows["quality"]["GSNR (mean over parameters)"] = quality["gsnr"]
@@ -125,44 +119,14 @@ def metric_rows(run):
     return rows
 
 
-def _summary(values):
-    values = [v for v in values if v is not None and np.isfinite(v)]
-    if not values:
-        return None, None, 0
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else None
-    return float(np.mean(values)), std, len(values)
-
-
-def _format(mean, std, count):
-    if mean is None:
-        return "–"
-    if std is None:
-        return f"{mean:.4f}" if count else "–"
-    return f"{mean:.4f} ± {std:.4f}"
-
-
-def verdict(group, baseline, control):
-    """Whether `group` beats baseline and control by more than the seed spread.
-
-    Each argument is a list of values over seeds (higher is better). The spread is
-    the largest of the three sample standard deviations.
-    """
-    g, b, c = (_summary(values) for values in (group, baseline, control))
-    if None in (g[0], b[0], c[0]):
-        return "–"
-    if min(g[2], b[2], c[2]) < 2:
-        return "one seed: no spread to judge by"
-    spread = max(g[1], b[1], c[1])
-    over_baseline, over_control = g[0] - b[0], g[0] - c[0]
-    if over_baseline > spread and over_control > spread:
-        return f"better (+{over_baseline:.4f} vs none, +{over_control:.4f} vs random; spread {spread:.4f})"
-    if over_baseline < -spread:
-        return f"worse ({over_baseline:+.4f} vs none; spread {spread:.4f})"
-    return f"no effect ({over_baseline:+.4f} vs none, {over_control:+.4f} vs random; spread {spread:.4f})"
+def _descriptive(claim, metric):
+    """Figures that describe an arm rather than an outcome: no paired difference."""
+    return claim == "mask" or metric == "saliency/chance" or metric.startswith("kept")
 
 
 CLAIMS = {
-    "accuracy": "Accuracy (test split)",
+    "accuracy": "Accuracy (test split) and the run's other final metrics",
+    "mask": "Mask metrics (last epoch; over the non-zero gradient entries)",
     "adversarial": "Accuracy under L∞ attack (exact gradients)",
     "pruning": "Accuracy after magnitude pruning (TF-MOT)",
     "saliency": "Saliency foreground focus (share of saliency on object pixels)",
@@ -170,60 +134,179 @@ CLAIMS = {
 }
 
 
-def report(runs, output_dir):
-    """Writes `output_dir/report.md` and its figures; returns the report's text."""
+def _arm_cell(values):
+    values = list(values.values())
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.4f} (n=1)"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f} (n={len(values)})"
+
+
+def _signed(value):
+    return f"{round(value, 4) or 0.0:+.4f}"  # rounding to zero gives +0.0000, never -0.0000
+
+
+def _interval(difference):
+    return f"{_signed(difference.mean)} [{_signed(difference.low)}, {_signed(difference.high)}]"
+
+
+def _p(value):
+    return "< 0.0001" if value < 0.0001 else f"{value:.4f}"
+
+
+def _intro(runs, arms):
+    return [
+        "# Gradient Mask: comparison report",
+        "",
+        f"{len(runs)} runs in {len(arms)} arms (an arm: the runs of one configuration, "
+        "one per seed). Arm values are mean ± sample standard deviation over seeds (n "
+        "seeds). Arms are compared **paired by seed**: each masked rule's per-seed "
+        "differences to `none` and to its matched control (the same flags with "
+        "`--mask_control`: as many entries kept, the same L1 mass, uniformly random "
+        "places). Only the primary comparisons declared with `--primary` get a verdict; "
+        "every other difference is secondary, reported with its 95% t-interval "
+        "(unadjusted), never called a win.",
+        "",
+        "| arm | seeds | runs |",
+        "| --- | --- | --- |",
+        *(
+            f"| {arm.label} | {', '.join(str(run.seed) for run in arm.runs)} | "
+            + ", ".join(f"`{run.path}`" for run in arm.runs) + " |"
+            for arm in arms
+        ),
+    ]
+
+
+def _primary_section(judged):
+    lines = ["", "## Primary comparisons: verdicts", ""]
+    if not judged:
+        lines.append(
+            "No primary comparison was declared (`--primary`): every difference below is "
+            "secondary."
+        )
+        return lines + ["", CONTROL_LIMIT]
+    count = len(judged)
+    lines += [
+        "| primary | rule − none [95% CI] | rule − control [95% CI] | pairs | p | "
+        "Holm p | Holm p, worse than none | detectable (80% power) | verdict |",
+        "| --- |" + " --- |" * 8,
+    ]
+    for primary, outcome in judged:
+        if isinstance(outcome, str):
+            lines.append(f"| `{primary}` |" + " – |" * 7 + f" {outcome} |")
+            continue
+        lines.append(
+            f"| `{primary}` | {_interval(outcome.versus_none)} | "
+            f"{_interval(outcome.versus_control)} | "
+            f"{outcome.versus_none.num_pairs} / {outcome.versus_control.num_pairs} | "
+            f"{_p(outcome.p_value)} | {_p(outcome.adjusted_p_value)} | "
+            f"{_p(outcome.worse_adjusted_p_value)} | {outcome.detectable:.4f} | "
+            f"**{outcome.verdict}** |"
+        )
+    lines += [
+        "",
+        "p: the larger of two one-sided paired t-tests in the declared direction, the rule "
+        "against `none` and against its matched control (both must hold). Holm p: "
+        f"Holm–Bonferroni over the {count} declared primaries at family-wise "
+        f"{stats.LEVEL} (any not measured count with p = 1). **Better** where Holm p < "
+        f"{stats.LEVEL}; **worse** where the opposite test against `none`, adjusted the "
+        "same way, is; otherwise no difference detected. Detectable: the smallest true "
+        "mean difference that each of the two paired tests finds with 80% power at "
+        f"{stats.LEVEL}/{count}, from the observed spread of the paired differences; a "
+        "smaller effect could be missed.",
+        "",
+        CONTROL_LIMIT,
+    ]
+    return lines
+
+
+def _claim_section(claim, heading, arms, pairings):
+    metrics = list(
+        dict.fromkeys(metric for arm in arms for run in arm.runs for metric in run.rows[claim])
+    )
+    if not metrics:
+        return []
+    lines = ["", f"## {heading}", ""]
+    lines.append("| metric | " + " | ".join(arm.label for arm in arms) + " |")
+    lines.append("| --- |" + " --- |" * len(arms))
+    for metric in metrics:
+        cells = [_arm_cell(arm.values(metric)) for arm in arms]
+        lines.append(f"| `{metric}` | " + " | ".join(cells) + " |")
+    compared = [m for m in metrics if not _descriptive(claim, m)]
+    if not (pairings and compared):
+        return lines
+    lines += ["", "Paired differences by seed: mean [95% t-interval, unadjusted] (n pairs).", ""]
+    columns = [
+        (arm, other, f"{arm.label} − {name}")
+        for arm, baseline, control in pairings
+        for other, name in ((baseline, "none"), (control, "control"))
+    ]
+    lines.append("| metric | " + " | ".join(title for _, _, title in columns) + " |")
+    lines.append("| --- |" + " --- |" * len(columns))
+    for metric in compared:
+        cells = [_difference(arm, other, metric) for arm, other, _ in columns]
+        lines.append(f"| `{metric}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _difference(arm, other, metric):
+    if other is None:
+        return "no arm"
+    difference = study_arms.paired(arm, other, metric)
+    if difference is None:
+        return "under 2 shared seeds"
+    return f"{_interval(difference)} (n={difference.num_pairs})"
+
+
+def _forest(pairings, metrics, output_dir):
+    """Writes `forest.png` where any paired difference has an interval; its caption."""
+    from eval import figures
+
+    rows = []
+    for metric in metrics:
+        for arm, baseline, control in pairings:
+            for other, name in ((baseline, "none"), (control, "matched control")):
+                if other is None:
+                    continue
+                difference = study_arms.paired(arm, other, metric)
+                if difference is not None:
+                    rows.append(dict(metric=metric, rule=arm.label, versus=name,
+                                     mean=difference.mean, low=difference.low,
+                                     high=difference.high))
+    if not rows:
+        return []
+    figures.save(figures.plot_forest(rows), output_dir / "forest.png")
+    return [("forest.png", "Paired differences by seed to `none` and to the matched control, "
+                           "95% t-intervals (unadjusted)")]
+
+
+def report(runs, output_dir, primaries=()):
+    """Writes `output_dir/report.md` and its figures; returns the report's text.
+
+    Args:
+      runs: `Run`s, as `load_run` reads them.
+      output_dir: Where to write `report.md` and the figures.
+      primaries: The primary comparisons, `eval.arms.Primary`s or
+        `rule:metric:direction` strings, at most three. Defaults to () (none: no
+        verdict).
+
+    Raises:
+      ValueError: If a primary is malformed or two runs share configuration and seed.
+    """
     from gradmask_tf import runs as run_files
 
     output_dir = pathlib.Path(output_dir)
-    groups = group_runs(runs)
-    per_run = {id(run): metric_rows(run) for run in runs}
-    lines = ["# Gradient Mask: comparison report", ""]
-    lines.append(
-        f"{len(runs)} runs in {len(groups)} configurations. Values are mean ± sample "
-        "standard deviation over seeds (a single value where there is one seed). A "
-        "verdict says whether a masked rule beat both the baseline (`none`) and the "
-        "random-mask control (`random`) by more than the largest seed-to-seed spread."
-    )
-    lines.append("")
-    lines.append("| configuration | seeds | runs |")
-    lines.append("| --- | --- | --- |")
-    for label, members in groups.items():
-        seeds = ", ".join(str(run.seed) for run in members)
-        paths = ", ".join(f"`{run.path}`" for run in members)
-        if members[0].rule == CONTROL:
-            label += f" (keep_fraction={members[0].config.get('mask_keep_fraction')})"
-        lines.append(f"| {label} | {seeds} | {paths} |")
+    primaries = study_arms.parse_primaries(primaries)
+    arms = study_arms.group_runs(runs, lambda run: run.measures)
+    pairings = study_arms.pairings(arms)
+    lines = _intro(runs, arms)
+    lines += _primary_section(study_arms.judge_primaries(primaries, arms))
     for claim, heading in CLAIMS.items():
-        metrics = list(
-            dict.fromkeys(m for run in runs for m in per_run[id(run)][claim])
-        )
-        if not metrics:
-            continue
-        lines += ["", f"## {heading}", ""]
-        lines.append("| metric | " + " | ".join(groups) + " |")
-        lines.append("| --- |" + " --- |" * len(groups))
-        values = {}
-        for metric in metrics:
-            cells = []
-            for label, members in groups.items():
-                values[(metric, label)] = [per_run[id(r)][claim].get(metric) for r in members]
-                cells.append(_format(*_summary(values[(metric, label)])))
-            lines.append(f"| {metric} | " + " | ".join(cells) + " |")
-        baseline = next((l for l, m in groups.items() if m[0].rule == BASELINE), None)
-        control = next((l for l, m in groups.items() if m[0].rule == CONTROL), None)
-        masked = [l for l, m in groups.items() if m[0].rule not in (BASELINE, CONTROL)]
-        judged = [m for m in metrics if not m.startswith(("chance", "kept", "GSNR"))]
-        if baseline and control and masked and judged:
-            lines += ["", "Verdicts:", ""]
-            lines.append("| metric | " + " | ".join(masked) + " |")
-            lines.append("| --- |" + " --- |" * len(masked))
-            for metric in judged:
-                cells = [
-                    verdict(values[(metric, l)], values[(metric, baseline)], values[(metric, control)])
-                    for l in masked
-                ]
-                lines.append(f"| {metric} | " + " | ".join(cells) + " |")
-    figures_written = _figures(runs, groups, output_dir)
+        lines += _claim_section(claim, heading, arms, pairings)
+    forest_metrics = list(dict.fromkeys([p.metric for p in primaries] + ["test_accuracy"]))
+    figures_written = _forest(pairings, forest_metrics, output_dir)
+    figures_written += _figures(runs, {arm.label: arm.runs for arm in arms}, output_dir)
     if figures_written:
         lines += ["", "## Figures", ""]
         for name, caption in figures_written:
@@ -277,7 +360,7 @@ def _figures(runs, groups, output_dir):
 
 
 def main(argv=None, *, stderr=None):
-    """`python -m eval.compare RUN [RUN ...] --output_dir=DIR`; returns 0.
+    """`python -m eval.compare RUN [RUN ...] --output_dir=DIR [--primary=...]`; returns 0.
 
     Args:
       argv: The program name and its arguments. Defaults to None (`sys.argv`).
@@ -295,6 +378,13 @@ def main(argv=None, *, stderr=None):
     flag_values = flags.FlagValues()
     flags.DEFINE_string("output_dir", None, "Where to write report.md and the figures.",
                         flag_values=flag_values)
+    flags.DEFINE_list(
+        "primary", [],
+        f"At most {study_arms.MAX_PRIMARIES} primary comparisons, declared before the runs, each "
+        "rule:metric:direction (direction: higher or lower is better), e.g. "
+        "mean:test_accuracy:higher. Only these get a verdict.",
+        flag_values=flag_values,
+    )
     flags.DEFINE_bool("help", False, "Show this help.", flag_values=flag_values)
     paths = parse_flags_or_fail(flag_values, list(sys.argv if argv is None else argv), stderr,
                                 PROGRAM)[1:]
@@ -309,11 +399,13 @@ def main(argv=None, *, stderr=None):
             PROGRAM, "give at least one run directory: python -m eval.compare RUN [RUN ...]"
         )
     try:
+        primaries = study_arms.parse_primaries(flag_values.primary)
         loaded = [load_run(path) for path in paths]
+        study_arms.group_runs(loaded, lambda run: {})  # a configuration and seed twice
     except ValueError as error:
         stderr.fail(PROGRAM, error)
     stderr.release()
-    report(loaded, flag_values.output_dir)
+    report(loaded, flag_values.output_dir, primaries)
     print(f"Wrote {pathlib.Path(flag_values.output_dir) / 'report.md'} ({len(loaded)} runs)")
     return 0
 

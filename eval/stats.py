@@ -6,7 +6,8 @@ and to its matched control. For a primary (rule, metric, direction) pair:
 
 - two one-sided paired t-tests in the claimed direction, against `none` and against
   the control; the pair's p-value is the larger of the two (both must hold);
-- Holm-Bonferroni over the regime's primary pairs, family-wise level 0.05;
+- Holm-Bonferroni over the regime's primary pairs, family-wise level 0.05 (a pair
+  declared but not measured counts with p = 1);
 - **better** where the adjusted p-value is below the level; **worse** where the
   opposite one-sided test against `none`, adjusted the same way, is; otherwise
   **no difference detected**, reported with the smallest difference the design detects
@@ -131,7 +132,7 @@ class Verdict:
     detectable: float  # smallest difference the design detects (80% power)
 
 
-def judge(primaries, level=LEVEL, power=POWER):
+def judge(primaries, level=LEVEL, power=POWER, family_size=None):
     """Verdicts of a regime's primary pairs, Holm-adjusted together.
 
     Args:
@@ -140,10 +141,20 @@ def judge(primaries, level=LEVEL, power=POWER):
         (each mapping seed -> the metric's value).
       level: The family-wise significance level. Defaults to 0.05.
       power: The power at which the detectable difference is reported.
+      family_size: How many primary pairs were declared, at least `len(primaries)`.
+        Those declared but not measured count in the adjustment with p = 1, so a
+        missing pair never makes the others easier to pass. Defaults to None
+        (`len(primaries)`).
 
     Returns:
       A list of `Verdict`, in the order given.
+
+    Raises:
+      ValueError: If `family_size` is below the number of pairs given.
     """
+    family_size = len(primaries) if family_size is None else family_size
+    if family_size < len(primaries):
+        raise invalid("family_size", f"at least the {len(primaries)} pairs given", family_size)
     if not primaries:
         return []
     rows = []
@@ -161,9 +172,10 @@ def judge(primaries, level=LEVEL, power=POWER):
                 one_sided_p(to_none, opposite),
             )
         )
-    adjusted = holm([row[3] for row in rows])
-    adjusted_worse = holm([row[4] for row in rows])
-    first_step_level = level / len(rows)
+    unmeasured = [1.0] * (family_size - len(rows))
+    adjusted = holm([row[3] for row in rows] + unmeasured)[: len(rows)]
+    adjusted_worse = holm([row[4] for row in rows] + unmeasured)[: len(rows)]
+    first_step_level = level / family_size
     verdicts = []
     for (pair, to_none, to_control, p_value, _), better_p, worse_p in zip(
         rows, adjusted, adjusted_worse

@@ -1,20 +1,20 @@
 r"""The paper's four claims (and gradient quality) checked in one resumable command.
 
-  python -m eval.study --quick                  # 1 seed, 2 epochs: minutes on a CPU
-  python -m eval.study --output_dir=studies/fmnist   # 5 rules x 3 seeds, 10 epochs
+  python -m eval.study --quick                       # 1 seed, 2 epochs: minutes on a CPU
+  python -m eval.study --output_dir=studies/fmnist   # none, 3 rules and their controls x 5 seeds
 
-Trains every rule x seed with `train.py` (same data, budget and seeds for every rule),
-evaluates each run with `python -m eval`, and writes `DIR/report.md` with
-`eval.compare`: one table per claim, mean ± std over seeds, verdicts against the
-baseline (`none`) and the control (`random`), and the figures. The `random` control
-runs at the kept fraction the `mean` rule actually measured (the mean over its mask
-points and seeds), so it is a mask of equal sparsity that carries no information.
+Trains with `train.py` the baseline (`none`), every masked rule of `--rules` and, with
+`--controls` (the default), each rule's matched control (`--mask_control`: as many
+entries kept as the rule, the same L1 mass, uniformly random places), for every seed:
+same data, budget and seeds for every arm. Evaluates each run with `python -m eval
+--evals=...` and writes `DIR/report.md` with `eval.compare`: arms paired by seed, a
+verdict for each `--primary` comparison (declared before the runs), every other
+difference with its interval, and the figures.
 
 Run it again after an interruption: finished runs and evaluations are skipped, an
 unfinished run resumes after its last finished epoch.
 """
 
-import json
 import pathlib
 import subprocess
 import sys
@@ -28,8 +28,8 @@ _STDERR = DeferredStderr() if __name__ == "__main__" else ImmediateStderr()
 from absl import app, flags, logging  # noqa: E402
 
 from eval import EVALUATIONS  # noqa: E402
+from eval.arms import UNMASKED, parse_primaries  # noqa: E402
 from gradmask_tf.ops import RULES  # noqa: E402
-from gradmask_tf.training import KEPT_FRACTION_PREFIX  # noqa: E402
 
 FLAGS = flags.FLAGS
 PROGRAM = "python -m eval.study"
@@ -40,8 +40,22 @@ flags.DEFINE_string("output_dir", None, "Study directory. Defaults to studies/<d
 flags.DEFINE_string("dataset", "fashion_mnist", "Dataset (tensorflow-datasets name).")
 flags.DEFINE_string("data_dir", None, "Passed to train.py.")
 flags.DEFINE_string("model", "cnn", "Architecture (train.py --model).")
-flags.DEFINE_list("rules", ["none", "mean", "local", "lateral", "random"], "Mask rules to compare.")
-flags.DEFINE_integer("seeds", 3, "Seeds per rule (0, 1, ...).", lower_bound=1)
+flags.DEFINE_list(
+    "rules", ["mean", "local", "lateral"], "Masked rules (none, the baseline, always runs)."
+)
+flags.DEFINE_bool(
+    "controls", True, "Also train each masked rule's matched control (train.py --mask_control)."
+)
+flags.DEFINE_list(
+    "primary", ["mean:test_accuracy:higher"],
+    "Primary comparisons, declared before the runs, passed to eval.compare: at most 3 "
+    "rule:metric:direction (higher or lower is better). Only these get a verdict.",
+)
+flags.DEFINE_list(
+    "evals", list(EVALUATIONS),
+    f"Evaluations of every run (python -m eval --evals): {', '.join(EVALUATIONS)}; empty: none.",
+)
+flags.DEFINE_integer("seeds", 5, "Seeds per arm (0, 1, ...).", lower_bound=1)
 flags.DEFINE_integer("epochs", 10, "Training epochs of every run.", lower_bound=1)
 flags.DEFINE_integer("max_train_examples", 0, "First N training examples (0 = all).", lower_bound=0)
 flags.DEFINE_integer("max_test_examples", 0, "First N test examples for test accuracy (0 = all).", lower_bound=0)
@@ -57,30 +71,63 @@ def settings():
     values = {
         name: FLAGS[name].value
         for name in (
-            "dataset", "data_dir", "model", "rules", "seeds", "epochs", "max_train_examples",
-            "max_test_examples", "eval_examples", "gsnr_every", "smoke", "train_flags", "quick",
+            "dataset", "data_dir", "model", "rules", "controls", "primary", "evals", "seeds",
+            "epochs", "max_train_examples", "max_test_examples", "eval_examples", "gsnr_every",
+            "smoke", "train_flags", "quick",
         )
     }
     if FLAGS.quick:
         for name, value in QUICK.items():
             if not FLAGS[name].present:
                 values[name] = value
-    unknown = [rule for rule in values["rules"] if rule not in RULES]
-    if unknown or not values["rules"]:
+    values["rules"] = _masked_rules(values["rules"])
+    unknown = [name for name in values["evals"] if name not in EVALUATIONS]
+    if unknown:
         raise ValueError(
-            f"flag --rules: unknown {', '.join(unknown) or '(empty)'}; valid: {', '.join(RULES)}"
+            f"flag --evals: unknown {', '.join(unknown)}; valid: {', '.join(EVALUATIONS)}"
         )
-    if "random" in values["rules"] and "mean" not in values["rules"]:
-        raise ValueError(
-            "flag --rules: the random control runs at the kept fraction the mean rule "
-            "measured, so it needs mean in --rules too"
-        )
-    values["rules"] = list(dict.fromkeys(values["rules"]))
+    values["evals"] = list(dict.fromkeys(values["evals"]))
+    values["primary"] = [str(primary) for primary in _primaries(values)]
     suffix = "-quick" if FLAGS.quick else ""
     values["output_dir"] = pathlib.Path(
         FLAGS.output_dir or f"studies/{values['dataset']}-{values['model']}{suffix}"
     )
     return values
+
+
+def _masked_rules(rules):
+    """The masked rules of --rules, in order, once each; `none` always runs anyway."""
+    masked = [rule for rule in RULES if rule not in UNMASKED]
+    if "random" in rules:
+        raise ValueError(
+            "flag --rules: random is not a masked rule; each masked rule's matched control "
+            "(--controls) is the control it is judged against"
+        )
+    unknown = [rule for rule in rules if rule not in RULES]
+    rules = [rule for rule in dict.fromkeys(rules) if rule in masked]
+    if unknown or not rules:
+        raise ValueError(
+            f"flag --rules: {'unknown ' + ', '.join(unknown) if unknown else 'no masked rule'}; "
+            f"valid: {', '.join(masked)}"
+        )
+    return rules
+
+
+def _primaries(values):
+    """The declared primaries, each of a rule the study trains, with its control."""
+    primaries = parse_primaries(values["primary"])
+    for primary in primaries:
+        if primary.rule not in values["rules"]:
+            raise ValueError(
+                f"flag --primary: {primary} names {primary.rule}, which is not in "
+                f"--rules={','.join(values['rules'])}; declare the primaries with --primary"
+            )
+    if primaries and not values["controls"]:
+        raise ValueError(
+            "flag --primary: a primary is judged against the rule's matched control, which "
+            "--nocontrols leaves out; pass --primary= to declare none"
+        )
+    return primaries
 
 
 def _run(command, log_path):
@@ -95,18 +142,7 @@ def _run(command, log_path):
         raise RuntimeError(f"{' '.join(command[:3])} ... failed (see {log_path}):\n{tail}")
 
 
-def measured_kept_fraction(run_dirs):
-    """Mean kept fraction over the mask points of finished runs (their last epoch)."""
-    values = []
-    for run_dir in run_dirs:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        values += [v for k, v in metrics.items() if k.startswith(KEPT_FRACTION_PREFIX)]
-    if not values:
-        raise RuntimeError("the mean runs recorded no kept fraction")
-    return float(sum(values) / len(values))
-
-
-def train_command(options, run_dir, rule, seed, extra=()):
+def train_command(options, run_dir, rule, control, seed):
     command = [
         sys.executable, str(ROOT / "train.py"),
         f"--dataset={options['dataset']}", f"--model={options['model']}",
@@ -114,7 +150,7 @@ def train_command(options, run_dir, rule, seed, extra=()):
         f"--max_train_examples={options['max_train_examples']}",
         f"--max_test_examples={options['max_test_examples']}",
         f"--gsnr_every={options['gsnr_every']}", f"--output_dir={run_dir}",
-        *options["train_flags"], *extra,
+        *options["train_flags"], *(["--mask_control"] if control else []),
     ]
     if options["data_dir"]:
         command.append(f"--data_dir={options['data_dir']}")
@@ -171,37 +207,41 @@ def main(argv):
     directory.mkdir(parents=True, exist_ok=True)
     logs = directory / "logs"
     seeds = list(range(options["seeds"]))
-    # The control needs the mean rule's measured kept fraction: it goes last.
-    rules = [r for r in options["rules"] if r != "random"] + (
-        ["random"] if "random" in options["rules"] else []
-    )
-    jobs = [(rule, seed) for rule in rules for seed in seeds]
-    progress = Progress(2 * len(jobs) + 1)
+    # The baseline, then each masked rule beside its matched control.
+    arms = [("none", False)] + [
+        (rule, control)
+        for rule in options["rules"]
+        for control in ((False, True) if options["controls"] else (False,))
+    ]
+    jobs = [
+        (f"{rule}{' control' if control else ''}, seed {seed}",
+         f"{rule}{'-control' if control else ''}-seed{seed}", rule, control, seed)
+        for rule, control in arms
+        for seed in seeds
+    ]
+    progress = Progress((2 if options["evals"] else 1) * len(jobs) + 1)
     started_at = time.perf_counter()
-    run_dirs = {}
-    for rule, seed in jobs:
-        run_dir = directory / "runs" / f"{rule}-seed{seed}"
-        run_dirs[(rule, seed)] = run_dir
-        started = progress.step(f"train {rule}, seed {seed}")
-        extra = []
-        if rule == "random":
-            keep = measured_kept_fraction([run_dirs[("mean", s)] for s in seeds])
-            extra.append(f"--mask_keep_fraction={keep:.4f}")
-        finished = (run_dir / runs.METRICS).is_file()
+    run_dirs = {name: directory / "runs" / name for _, name, *_ in jobs}
+    for what, name, rule, control, seed in jobs:
+        started = progress.step(f"train {what}")
+        finished = (run_dirs[name] / runs.METRICS).is_file()
         if not finished:
-            _run(train_command(options, run_dir, rule, seed, extra), logs / f"{rule}-seed{seed}.log")
+            command = train_command(options, run_dirs[name], rule, control, seed)
+            _run(command, logs / f"{name}.log")
         progress.finish(started, not finished)
-    for rule, seed in jobs:
-        run_dir = run_dirs[(rule, seed)]
-        started = progress.step(f"evaluate {rule}, seed {seed}")
-        missing = [name for name in EVALUATIONS if not (run_dir / "eval" / f"{name}.json").is_file()]
+    for what, name, *_ in jobs if options["evals"] else ():
+        started = progress.step(f"evaluate {what}")
+        evaluated = run_dirs[name] / "eval"
+        missing = [e for e in options["evals"] if not (evaluated / f"{e}.json").is_file()]
         if missing:
-            _run(eval_command(options, run_dir, missing), logs / f"{rule}-seed{seed}.log")
+            _run(eval_command(options, run_dirs[name], missing), logs / f"{name}.log")
         progress.finish(started, bool(missing))
     progress.step("report")
     from eval import compare
 
-    compare.report([compare.load_run(path) for path in run_dirs.values()], directory)
+    compare.report(
+        [compare.load_run(path) for path in run_dirs.values()], directory, options["primary"]
+    )
     record = directory / "study.json"
     previous = runs.read_json(record) if record.is_file() else {}
     runs.atomic_write_json(

@@ -64,14 +64,20 @@ def test_eval_writes_every_evaluation_with_its_settings(evaluated_runs):
 def test_compare_reports_two_runs(evaluated_runs, tmp_path):
     runs, _ = evaluated_runs
     result = finish(
-        start(["-m", "eval.compare", *map(str, runs.values()), f"--output_dir={tmp_path}"], script=None)
+        start(["-m", "eval.compare", *map(str, runs.values()), f"--output_dir={tmp_path}",
+               "--primary=mean:test_accuracy:higher"], script=None)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
     for heading in ("Accuracy (test split)", "Accuracy under L∞ attack", "after magnitude pruning",
-                    "foreground focus", "GSNR"):
+                    "foreground focus", "GSNR", "Mask metrics"):
         assert heading in report
     assert "| metric | none | mean |" in report
+    # One seed and no control: the primary is reported, as not measured.
+    assert "| `mean:test_accuracy:higher` |" in report
+    assert "not measured: no matched control" in report
+    # The mask metrics as train.py names them, per arm.
+    assert "| `kept_fraction/" in report and "| `kept_l1/" in report
     for figure in ("adversarial.png", "pruning.png", "gsnr.png", "saliency.png"):
         assert (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"
         assert f"]({figure})" in report

@@ -99,3 +99,14 @@ def test_detectable_difference_approaches_the_normal_formula():
 def test_pairs_need_two_shared_seeds():
     with pytest.raises(ValueError, match="seeds"):
         stats.paired_differences({0: 1.0, 1: 2.0}, {1: 1.0, 2: 2.0})
+
+
+def test_a_declared_pair_not_measured_still_counts_in_the_family():
+    lone = _pair(rule_shift=0.003, control_shift=0.0)
+    (alone,) = stats.judge([lone])
+    (declared_three,) = stats.judge([lone], family_size=3)
+    assert declared_three.adjusted_p_value == pytest.approx(min(1.0, 3 * alone.p_value))
+    assert declared_three.verdict == stats.NO_DIFFERENCE
+    assert declared_three.detectable > alone.detectable  # tested at 0.05 / 3
+    with pytest.raises(ValueError, match="family_size"):
+        stats.judge([lone, lone], family_size=1)

@@ -1,4 +1,4 @@
-"""eval.study end to end (smoke settings, with an interruption) and its report logic."""
+"""eval.study end to end (smoke settings, with an interruption) and its plan's checks."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from eval import adversarial, compare
+from eval import stats
 from tests.helpers import ROOT, environment
 
 
@@ -27,13 +27,14 @@ def _study(args):
 
 def test_quick_study_resumes_after_an_interruption(tmp_path, idx_dir):
     directory = tmp_path / "study"
-    # The fewest rules with a verdict (none, random) and a control (mean, random); one
-    # epoch of two steps, the GSNR logged once, the evaluations at their smoke settings.
+    # The fewest arms with a verdict: none, mean and mean's matched control, two seeds
+    # so the report pairs them; one epoch of two steps, the GSNR logged once, only the
+    # quality evaluation, at its smoke settings.
     args = [
         "--quick", "--smoke", f"--output_dir={directory}", f"--data_dir={idx_dir}",
-        "--rules=none,mean,random", "--epochs=1", "--max_train_examples=32",
-        "--max_test_examples=16", "--eval_examples=16", "--gsnr_every=2",
-        "--train_flags=--batch_size=16",
+        "--rules=mean", "--seeds=2", "--evals=quality", "--epochs=1",
+        "--max_train_examples=32", "--max_test_examples=16", "--eval_examples=16",
+        "--gsnr_every=2", "--train_flags=--batch_size=16",
     ]
     process = _study(args)
     first = directory / "runs" / "none-seed0" / "metrics.json"
@@ -51,59 +52,60 @@ def test_quick_study_resumes_after_an_interruption(tmp_path, idx_dir):
     stdout, stderr = process.communicate(timeout=900)
     assert process.returncode == 0, stderr[-3000:]
     assert first.stat().st_mtime_ns == finished_at, "a finished run is not trained again"
-    assert "[1/7] train none, seed 0" in stdout and "min so far" in stdout
+    assert "[1/13] train none, seed 0" in stdout and "min so far" in stdout
+    assert "train mean control, seed 1" in stdout and "evaluate mean control, seed 1" in stdout
+    for name in ("none", "mean", "mean-control"):
+        for seed in (0, 1):
+            run = directory / "runs" / f"{name}-seed{seed}"
+            flags = json.loads((run / "config.json").read_text())["flags"]
+            assert flags["mask_control"] == (name == "mean-control") and flags["seed"] == seed
+            assert sorted(path.name for path in (run / "eval").glob("*.json")) == ["quality.json"]
     report = (directory / "report.md").read_text()
-    assert "| metric | none | mean | random |" in report and "Verdicts:" in report
-    assert "one seed: no spread to judge by" in report
-    # The control runs at the kept fraction the mean rule measured.
-    mean_metrics = json.loads((directory / "runs" / "mean-seed0" / "metrics.json").read_text())
-    kept = [v for k, v in mean_metrics.items() if k.startswith("kept_fraction/")]
-    random_config = json.loads((directory / "runs" / "random-seed0" / "config.json").read_text())
-    assert random_config["flags"]["mask_keep_fraction"] == pytest.approx(sum(kept) / len(kept), abs=1e-4)
-    for rule in ("none", "mean", "random"):
-        assert (directory / "runs" / f"{rule}-seed0" / "eval" / "quality.json").is_file()
+    assert "| metric | none | mean | mean control |" in report
+    assert "| metric | mean − none | mean − control |" in report
+    verdict = next(line for line in report.splitlines()
+                   if line.startswith("| `mean:test_accuracy:higher` |"))
+    assert "| 2 / 2 |" in verdict
+    assert any(f"**{outcome}**" in verdict for outcome in (stats.BETTER, stats.WORSE,
+                                                           stats.NO_DIFFERENCE))
+    assert "## Mask metrics" in report and "`kept_l1/" in report
+    assert (directory / "forest.png").read_bytes()[:4] == b"\x89PNG"
     record = json.loads((directory / "study.json").read_text())
+    assert record["settings"]["primary"] == ["mean:test_accuracy:higher"]
     assert record["wall_seconds_total"] >= record["wall_seconds_this_invocation"] > 0
 
 
-def _fake_run(root, rule, seed, accuracy, pgd, focus):
-    run = root / f"{rule}-{seed}"
-    (run / "eval").mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"flags": {"mask_rule": rule, "seed": seed, "model": "cnn"}}))
-    (run / "metrics.json").write_text(json.dumps({"test_accuracy": accuracy}))
-    (run / "eval" / "adversarial.json").write_text(
-        json.dumps(
-            {
-                "clean_accuracy": accuracy,
-                "num_examples": 10,
-                "attacks": {"pgd": {"0.1": pgd}},
-                "settings": {"attacks": ["pgd"], "eps": [0.1], "pgd_steps": 10,
-                             "pgd_step_size": adversarial.PGD_STEP_SIZE_RULE},
-            }
-        )
-    )
-    (run / "eval" / "saliency.json").write_text(
-        json.dumps({"foreground_focus": {"saliency": focus}, "chance": 0.5, "num_examples": 4})
-    )
-    return compare.load_run(run)
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--rules=mean,random"], "random is not a masked rule"),
+        (["--rules=mean,bogus"], "unknown bogus"),
+        (["--rules=none"], "no masked rule"),
+        (["--rules=lateral"], "names mean, which is not in --rules=lateral"),
+        (["--nocontrols"], "--nocontrols leaves out"),
+        (["--primary=mean:test_accuracy:up"], "direction 'up'"),
+        (["--evals=quality,robustness"], "unknown robustness"),
+    ],
+)
+def test_a_bad_plan_fails_before_any_run(args, named):
+    from eval import study
+
+    study.FLAGS(["study", *args])
+    try:
+        with pytest.raises(ValueError, match=named):
+            study.settings()
+    finally:
+        study.FLAGS.unparse_flags()
 
 
-def test_report_from_stored_results(tmp_path):
-    runs = []
-    # mean wins on accuracy, loses under attack, ties on focus; two seeds each.
-    for seed, jitter in enumerate((0.0, 0.002)):
-        runs.append(_fake_run(tmp_path, "none", seed, 0.90 + jitter, 0.30 + jitter, 0.60 + jitter))
-        runs.append(_fake_run(tmp_path, "random", seed, 0.89 + jitter, 0.31 + jitter, 0.61 - jitter))
-        runs.append(_fake_run(tmp_path, "mean", seed, 0.95 + jitter, 0.20 + jitter, 0.60 + jitter))
-    text = compare.report(runs, tmp_path / "report")
-    assert "| test accuracy | 0.9010 ± 0.0014 | 0.8910 ± 0.0014 | 0.9510 ± 0.0014 |" in text
-    lines = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
-    assert "better (+0.0500 vs none, +0.0600 vs random" in lines["test accuracy"]
-    assert "worse (-0.1000 vs none" in lines["PGD ε=0.1"]
-    assert "no effect" in lines["focus: saliency"]
-    assert (tmp_path / "report" / "report.md").read_text() == text
+def test_the_plan_lists_masked_rules_once_and_none_runs_anyway():
+    from eval import study
 
-
-def test_verdict_needs_two_seeds():
-    assert compare.verdict([0.9], [0.8], [0.8]) == "one seed: no spread to judge by"
-    assert compare.verdict([0.9, 0.91], [0.8, 0.8], [0.8, 0.8]).startswith("better")
+    study.FLAGS(["study", "--rules=none,mean,lateral,mean", "--nocontrols", "--primary=",
+                 "--evals="])
+    try:
+        options = study.settings()
+    finally:
+        study.FLAGS.unparse_flags()
+    assert options["rules"] == ["mean", "lateral"]
+    assert options["primary"] == [] and options["evals"] == [] and not options["controls"]
