@@ -184,10 +184,7 @@ def write_checkpoint(run_dir, epoch, model, history_rows):
 
     def write(directory):
         model.save_weights(directory / _WEIGHTS)
-        states = [
-            keras.ops.convert_to_numpy(variable.value).tolist()
-            for variable in seed_generator_states(model)
-        ]
+        states = [variable.numpy().tolist() for variable in seed_generator_states(model)]
         atomic_write_json(directory / _SEED_STATES, states)
         atomic_write_json(directory / _CHECKPOINT_HISTORY, history_rows)
 
