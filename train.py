@@ -329,8 +329,12 @@ def set_global_options():
 # Data ---------------------------------------------------------------------------------
 
 
-def load_data(jit_compile):
-    """`(info, train_data, test_data)`; an unusable dataset is a `UsageError`."""
+def load_data(jit_compile, initial_epoch):
+    """`(info, train_data, test_data)`; an unusable dataset is a `UsageError`.
+
+    The training data holds the epochs still to run, epoch e drawn by (seed, e), so a
+    resumed run sees the data an uninterrupted one would have.
+    """
     try:
         info = data.info(FLAGS.dataset, data_dir=FLAGS.data_dir)
         test_data = data.load(
@@ -349,6 +353,7 @@ def load_data(jit_compile):
             shuffle=True,
             seed=FLAGS.seed,
             augment=FLAGS.augment,
+            epochs=range(initial_epoch, FLAGS.epochs),
             # The multi-worker loop shards and batches per worker itself; XLA
             # recompiles for a smaller last batch, so it gets full batches only.
             batch_size=None if multi_worker else FLAGS.batch_size,
@@ -394,15 +399,21 @@ def compiled_model(info, jit_compile):
     return model
 
 
-def resume(model, strategy, run_dir):
-    """Restores the last finished epoch, if any: `(initial_epoch, history_rows)`."""
-    initial_epoch, checkpoint = runs.latest_checkpoint(run_dir)
+def checkpoint_to_resume(run_dir, state):
+    """`(epoch, path)` of the last finished epoch's checkpoint, `(0, None)` if none."""
+    if state != "resume":
+        return 0, None
+    return runs.latest_checkpoint(run_dir)
+
+
+def resume(model, strategy, run_dir, initial_epoch, checkpoint):
+    """Restores the checkpoint, if any: the history rows of the epochs it finished."""
     if checkpoint is None:
-        return initial_epoch, []
+        return []
     with strategy.scope():
         history = runs.restore_checkpoint(model, checkpoint)
     print(f"Resuming {run_dir} after epoch {initial_epoch} of {FLAGS.epochs}.")
-    return initial_epoch, history
+    return history
 
 
 # Callbacks and training ---------------------------------------------------------------
@@ -447,10 +458,13 @@ def train(model, strategy, train_data, callbacks, *, initial_epoch, log_dir, jit
             jit_compile=jit_compile,
         )
     else:
+        # One iterator through the epochs still to run, each its own stretch of the data.
+        steps_per_epoch = int(train_data.cardinality()) // (FLAGS.epochs - initial_epoch)
         model.fit(
             train_data,
             epochs=FLAGS.epochs,
             initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch,
             callbacks=[*callbacks, keras.callbacks.TensorBoard(log_dir)],
             shuffle=False,
             verbose=1 if sys.stdout.isatty() else 2,
@@ -508,8 +522,9 @@ def main(argv):
         validate_flags(argv)
         config = run_config()
         run_dir, state = resolve_run_dir(config)
+        initial_epoch, checkpoint = checkpoint_to_resume(run_dir, state)
         jit_compile, strategy = configure_runtime()
-        info, train_data, test_data = load_data(jit_compile)
+        info, train_data, test_data = load_data(jit_compile, initial_epoch)
     except UsageError as error:
         _fail(str(error))
     _STDERR.release()  # Validated: from here on, the run shows everything.
@@ -519,7 +534,7 @@ def main(argv):
         start_run_dir(run_dir, state, config)
     with strategy.scope():
         model = compiled_model(info, jit_compile)
-    initial_epoch, history = resume(model, strategy, run_dir)
+    history = resume(model, strategy, run_dir, initial_epoch, checkpoint)
     recorder = RunRecorder(run_dir, history, write=chief)
     train_seconds = train(
         model,

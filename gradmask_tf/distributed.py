@@ -30,8 +30,10 @@ def fit_multi_worker(
     Args:
       model: A compiled `GradMaskModel`, built under `strategy.scope()`.
       strategy: The `tf.distribute` strategy.
-      dataset: Unbatched `(image, label)` pairs, in the same (seeded) order on every
-        worker; each worker takes its shard.
+      dataset: Unbatched `(image, label)` pairs of the epochs still to run, one after
+        another and of one size, in the same order on every worker (as
+        `gradmask_tf.data.load(..., epochs=range(initial_epoch, epochs))` gives
+        them); each worker takes its shard of each epoch.
       epochs: Last epoch to run.
       initial_epoch: Epochs already run.
       batch_size: Global batch size (split over all replicas).
@@ -42,13 +44,23 @@ def fit_multi_worker(
     Returns:
       The list of per-epoch logs.
     """
+    if initial_epoch >= epochs:
+        return []
     num_replicas = strategy.num_replicas_in_sync
     if batch_size % num_replicas:
         raise ValueError(
             f"Invalid value for argument `batch_size`: expected a multiple of the "
             f"{num_replicas} replicas. Received: batch_size={batch_size}"
         )
-    num_examples = int(dataset.cardinality())
+    num_epochs = epochs - initial_epoch
+    total = int(dataset.cardinality())
+    if total < 0 or total % num_epochs:
+        raise ValueError(
+            f"Invalid value for argument `dataset`: expected the {num_epochs} epochs "
+            f"still to run, one after another and of one size. Received: {total} "
+            "examples (negative: unknown)."
+        )
+    num_examples = total // num_epochs
     steps = num_examples // batch_size
     if steps < 1:
         raise ValueError(
@@ -58,11 +70,16 @@ def fit_multi_worker(
 
     def dataset_fn(input_context):
         # Equal, full batches everywhere: uneven shards would leave a worker waiting
-        # in a collective that the others never join.
-        per_pipeline = steps * batch_size // input_context.num_input_pipelines
-        shard = dataset.shard(
-            input_context.num_input_pipelines, input_context.input_pipeline_id
-        ).take(per_pipeline)
+        # in a collective that the others never join. Each pipeline takes every n-th
+        # of the first `steps` global batches of each epoch, so no batch spans two.
+        num_pipelines = input_context.num_input_pipelines
+        pipeline = input_context.input_pipeline_id
+
+        def in_shard(position, example):
+            within = position % num_examples
+            return (within < steps * batch_size) & (within % num_pipelines == pipeline)
+
+        shard = dataset.enumerate().filter(in_shard).map(lambda position, example: example)
         per_replica = input_context.get_per_replica_batch_size(batch_size)
         return shard.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
@@ -86,13 +103,13 @@ def fit_multi_worker(
     callback_list = keras.callbacks.CallbackList(list(callbacks), model=model)
     writer = tf.summary.create_file_writer(str(log_dir)) if log_dir else None
     all_logs = []
+    iterator = iter(distributed)
     callback_list.on_train_begin()
     for epoch in range(initial_epoch, epochs):
         callback_list.on_epoch_begin(epoch)
         for metric in model.metrics:
             metric.reset_state()
         progress = keras.utils.Progbar(steps, verbose=1 if sys.stdout.isatty() else 2)
-        iterator = iter(distributed)
         for step in range(steps):
             distributed_step(iterator)
             if step % 10 == 0 or step == steps - 1:

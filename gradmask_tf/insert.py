@@ -94,7 +94,7 @@ def insert_masks(model, rule="mean", *, after=None, **mask_options):
         trunk (`is_trunk_nonlinearity`). Outputs of other ranks than 2 and 4 (which
         the op does not define) are left without a mask.
       **mask_options: Other `GradientMask` arguments (`alpha`, `scope`, `seed`, ...).
-        A `seed` is offset per mask point.
+        Each mask point gets its own seed derived from `seed` (`point_seeds`).
 
     Returns:
       A `GradMaskModel` (uncompiled) named `<model>_masked`.

@@ -3,19 +3,32 @@
 import itertools
 
 import keras
+import numpy as np
 
 from gradmask_tf import ops
 
 
 def point_seeds(seed):
-    """Seeds of successive mask points: `seed`, `seed + 1`, ..., or always None.
+    """Seeds of successive mask points, each derived from (`seed`, its index), or None.
 
-    A model's `random` masks and matched controls must draw independently, so each
-    point gets its own.
+    A model's `random` masks and matched controls must draw independently, and no
+    point of one run may draw the stream of a point of another run (the layer keys
+    its draws by its seed and the training step). Point i's seed is a 63-bit hash of
+    (`seed`, i) (`numpy.random.SeedSequence`, i as the spawn key), so two points of
+    any runs share a stream with probability about 2^-63 per pair; the same `seed`
+    gives the same seeds.
     """
     if seed is None:
         return itertools.repeat(None)
-    return itertools.count(seed)
+    # Seeds are int64 in TensorFlow; mod 2^64 keeps a negative one distinct.
+    entropy = seed % 2**64
+    return (
+        int(
+            np.random.SeedSequence(entropy, spawn_key=(index,)).generate_state(1, np.uint64)[0]
+            >> np.uint64(1)
+        )
+        for index in itertools.count()
+    )
 
 
 @keras.saving.register_keras_serializable(package="gradmask_tf")

@@ -223,8 +223,9 @@ def build_model(
       mask_rule: The `GradientMask` rule at every mask point. Defaults to `"mean"`.
       dataset: Dataset name for the normalization layer's statistics. Defaults to
         None.
-      **mask_options: Other `GradientMask` arguments (`alpha`, `scope`, ...). A
-        `seed` is offset per mask point so `random` masks are independent.
+      **mask_options: Other `GradientMask` arguments (`alpha`, `scope`, ...). Each
+        mask point gets its own seed derived from `seed` (`point_seeds`), so the
+        draws of `random` masks and controls are independent.
 
     Returns:
       An uncompiled `GradMaskModel`.

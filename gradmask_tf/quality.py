@@ -351,6 +351,10 @@ class GSNRCallback(keras.callbacks.Callback):
     and every measurement goes to TensorBoard as `gsnr` when `log_dir` is set. A
     secondary metric: it describes training, it decides no claim.
 
+    Steps are the optimizer's iterations, which the checkpoint holds, so a resumed
+    run measures at the steps an uninterrupted one would (a step that mixed precision
+    skips for a non-finite gradient changes no weight and is not counted).
+
     Args:
       images: Probe images (a fixed batch from the training split):
         `NUM_PROBE_EXAMPLES` of them for figures that compare.
@@ -409,14 +413,21 @@ class GSNRCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._current = False
 
+    def _optimizer_step(self):
+        return int(self.model.optimizer.iterations.numpy())
+
     def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
+        step = self._optimizer_step()
+        if step == self._step:
+            return  # a skipped step: the weights did not change
+        self._step = step
         self._current = False
         if self._step % self.every_n_steps == 0:
             self._measure()
 
     def on_epoch_end(self, epoch, logs=None):
         # Loops that call no batch hooks (the multi-worker one) measure here only.
+        self._step = self._optimizer_step()
         result = self.measurements[-1] if self._current else self._measure()
         if logs is not None:
             logs["gsnr"] = result["gsnr"]

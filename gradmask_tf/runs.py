@@ -31,6 +31,7 @@ LOGS = "logs"
 
 _CHECKPOINT = re.compile(r"^epoch-(\d{4,})$")
 _WEIGHTS = "state.weights.h5"
+_SEED_STATES = "seed_generators.json"
 _CHECKPOINT_HISTORY = "history.json"
 
 
@@ -125,12 +126,36 @@ def latest_checkpoint(run_dir):
     return best
 
 
+def seed_generator_states(model):
+    """The state variables of `model`'s `keras.random.SeedGenerator`s, in a fixed order.
+
+    Dropout and the random draws of the masks (`random`, the matched control) advance
+    them at each training call. They are in `model.variables` but not in
+    `model.weights`, so `save_weights` leaves them out.
+    """
+    weights = {id(variable) for variable in model.weights}
+    return [variable for variable in model.variables if id(variable) not in weights]
+
+
 def restore_checkpoint(model, path):
-    """Loads model and optimizer state; returns the history rows saved with it."""
+    """Loads model, optimizer and seed generator state; returns the saved history rows.
+
+    A checkpoint written before the seed generators were saved restores the rest.
+    """
     path = pathlib.Path(path)
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     model.load_weights(path / _WEIGHTS)
+    if (path / _SEED_STATES).exists():
+        states = seed_generator_states(model)
+        saved = read_json(path / _SEED_STATES)
+        if len(saved) != len(states):
+            raise ValueError(
+                f"Checkpoint {path} holds {len(saved)} seed generator states; the "
+                f"model has {len(states)} seed generators."
+            )
+        for variable, value in zip(states, saved):
+            variable.assign(value)
     return read_json(path / _CHECKPOINT_HISTORY)
 
 
@@ -139,12 +164,16 @@ def write_checkpoint(run_dir, epoch, model, history_rows):
 
     The checkpoint directory is the commit point: it is renamed into place only once
     complete, and holds the history up to its epoch, so a resumed run restarts from
-    exactly the last finished epoch and runs no epoch twice.
+    exactly the last finished epoch and runs no epoch twice. It holds everything that
+    training changes: the weights, the optimizer's state (its iterations too) and the
+    state of the seed generators, so the resumed run draws what an uninterrupted one
+    would.
 
     Args:
       run_dir: The run directory.
       epoch: The epoch just finished, counted from 1.
-      model: The model; its weights and its optimizer's state are saved.
+      model: The model; its weights, its optimizer's state and its seed generators'
+        states are saved.
       history_rows: One dict of metrics per finished epoch, this one included.
 
     Returns:
@@ -155,6 +184,8 @@ def write_checkpoint(run_dir, epoch, model, history_rows):
 
     def write(directory):
         model.save_weights(directory / _WEIGHTS)
+        states = [variable.numpy().tolist() for variable in seed_generator_states(model)]
+        atomic_write_json(directory / _SEED_STATES, states)
         atomic_write_json(directory / _CHECKPOINT_HISTORY, history_rows)
 
     atomic_directory(checkpoint, write)

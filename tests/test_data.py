@@ -186,6 +186,8 @@ def test_corrupt_idx_files_raise_clear_errors(idx_dir):
         ({"batch_size": 0}, "batch_size"),
         ({"shuffle": 1}, "shuffle"),
         ({"seed": 1.5}, "seed"),
+        ({"epochs": 3}, "epochs"),
+        ({"epochs": range(0, 6, 2)}, "epochs"),
         ({"augment": True}, "augment"),  # 28x28 grayscale.
     ],
 )
@@ -216,6 +218,57 @@ def mock_tfds():
     policy = tfds.testing.MockPolicy.USE_CODE
     with tfds.testing.mock_data(num_examples=6, policy=policy):
         yield tfds
+
+
+def _epoch_orders(dataset, source_images, num_epochs):
+    """The order of each epoch of a dataset that holds `num_epochs` of them."""
+    indices = _indices(_arrays(dataset)[0], source_images)
+    size = len(indices) // num_epochs
+    return [indices[epoch * size : (epoch + 1) * size] for epoch in range(num_epochs)]
+
+
+def test_epoch_order_is_keyed_by_seed_and_epoch_only(idx_dir):
+    directory, arrays = idx_dir
+    source_images = arrays["train"][0]
+
+    def orders(seed, epochs):
+        dataset = data.load(
+            "mnist", "train", data_dir=str(directory), shuffle=True, seed=seed, epochs=epochs
+        )
+        assert int(dataset.cardinality()) == NUM_TRAIN * len(epochs)
+        return _epoch_orders(dataset, source_images, len(epochs))
+
+    first = orders(seed=1, epochs=range(0, 3))
+    assert all(sorted(order) == list(range(NUM_TRAIN)) for order in first)
+    assert len({tuple(order) for order in first}) == 3, "each epoch has its own order"
+    assert first[0] != list(range(NUM_TRAIN))
+    # A run resumed at epoch 1, in a process whose global seed and history differ.
+    tf.random.set_seed(1234)
+    resumed = orders(seed=1, epochs=range(1, 3))
+    assert resumed == first[1:]
+    assert orders(seed=1, epochs=range(2, 3)) == first[2:]
+    assert orders(seed=2, epochs=range(0, 3))[0] != first[0]
+
+
+def test_epochs_are_batched_each_on_its_own_and_read_again_alike(idx_dir):
+    directory, arrays = idx_dir
+    dataset = data.load(
+        "mnist", "train", data_dir=str(directory), shuffle=True, seed=1, batch_size=8,
+        epochs=range(4, 6),
+    )
+    assert int(dataset.cardinality()) == 6
+    images, labels, sizes = _batches(dataset)
+    assert sizes == [8, 8, 4, 8, 8, 4], "no batch spans two epochs"
+    again, _, _ = _batches(dataset)
+    np.testing.assert_array_equal(images, again)  # No state carried between iterations.
+    np.testing.assert_array_equal(
+        labels, arrays["train"][1][_indices(images, arrays["train"][0])]
+    )
+    dropped = data.load(
+        "mnist", "train", data_dir=str(directory), shuffle=True, seed=1, batch_size=8,
+        drop_remainder=True, epochs=range(4, 6),
+    )
+    assert int(dropped.cardinality()) == 4 and _batches(dropped)[2] == [8] * 4
 
 
 @pytest.mark.parametrize(
@@ -253,6 +306,25 @@ def test_tfds_augment_keeps_shapes_and_range(mock_tfds):
     np.testing.assert_array_equal(images, again)
     next_epoch, _, _ = _batches(dataset)
     assert not np.array_equal(images, next_epoch)
+
+
+def test_tfds_augment_is_keyed_by_seed_epoch_and_example(mock_tfds):
+    def epochs(epoch_range, shuffle=True):
+        dataset = data.load(
+            "cifar10", "train", augment=True, shuffle=shuffle, seed=3, epochs=epoch_range
+        )
+        images, labels = _arrays(dataset)
+        return np.split(images, len(epoch_range)), np.split(labels, len(epoch_range))
+
+    (epoch_0, epoch_1), _ = epochs(range(0, 2))
+    (resumed,), _ = epochs(range(1, 2))
+    np.testing.assert_array_equal(resumed, epoch_1)
+    assert not np.array_equal(epoch_0, epoch_1)
+    # The draws follow the example, not its place in the epoch's order.
+    (in_order,), _ = epochs(range(1, 2), shuffle=False)
+    assert sorted(image.tobytes() for image in in_order) == sorted(
+        image.tobytes() for image in epoch_1
+    )
 
 
 # Unavailable datasets: deterministic and network-free.

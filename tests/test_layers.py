@@ -1,11 +1,14 @@
 """The GradientMask layer: Keras's contract, training-only masking, the switch."""
 
+import itertools
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from gradmask_tf import GradientMask
+from gradmask_tf.layers import point_seeds
 from tests.layer_contract import check_layer_contract
 from tests.reference import reference_keep, reference_mask, reference_statistics
 
@@ -136,6 +139,17 @@ def test_draws_are_keyed_by_seed_and_step(options):
         np.testing.assert_array_equal(a, b)
     assert (first[0] != first[1]).any(), "each training step draws a new mask"
     assert (first[0] != draws(GradientMask(**options, seed=6), 1)[0]).any()
+
+
+def test_point_seeds_are_distinct_across_points_and_run_seeds():
+    # Point i of run seed s used to be s + i: point 1 of seed 0 drew point 0 of seed 1.
+    seeds = [list(itertools.islice(point_seeds(seed), 60)) for seed in range(100)]
+    flat = [value for run in seeds for value in run]
+    assert len(set(flat)) == len(flat)
+    assert all(isinstance(value, int) and 0 <= value < 2**63 for value in flat)
+    assert list(itertools.islice(point_seeds(5), 60)) == seeds[5], "the same run seed, the same seeds"
+    assert next(point_seeds(-1)) not in flat
+    assert list(itertools.islice(point_seeds(None), 2)) == [None, None]
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,14 @@
 """The reference architectures, in process: mask points (METHOD.md §3) and a training step."""
 
 import functools
+import itertools
 
 import keras
 import numpy as np
 import pytest
 
 import gradmask_tf
+from gradmask_tf.layers import point_seeds
 
 # `activation` placement: one mask point after every conv block's non-linearity (in
 # a residual block: after the add and its ReLU; plus the ResNet stem) and after every
@@ -137,6 +139,13 @@ def test_an_application_is_resized_up_and_masked_by_insertion():
     assert resize.output.shape[1:3] == (32, 32)  # the constructor's minimum size
     assert isinstance(model, gradmask_tf.GradMaskModel) and len(model.mask_layers) > 20
     _train_step(model, "mean")
+
+
+def test_each_mask_point_draws_with_its_own_seed_from_the_run_seed():
+    masks = gradmask_tf.mask_layers(_build("cnn", "random", seed=3))
+    assert [mask.seed for mask in masks] == list(itertools.islice(point_seeds(3), len(masks)))
+    again = gradmask_tf.mask_layers(_build("cnn", "random", seed=3))
+    assert [mask.seed for mask in again] == [mask.seed for mask in masks]
 
 
 @pytest.mark.parametrize("architecture", gradmask_tf.ARCHITECTURES)

@@ -245,6 +245,32 @@ def test_callback_logs_gsnr_every_n_steps(tmp_path):
     assert history.history["gsnr"][-1] == callback.measurements[-1]["gsnr"]
 
 
+def test_callback_steps_continue_after_a_resume():
+    # The steps are the optimizer's iterations, which a checkpoint restores.
+    keras.utils.set_random_seed(0)
+    model = _linear_model(3)
+    model.compile(keras.optimizers.SGD(0.01), loss=_output_mean)
+    x = np.random.default_rng(3).random((32, 3)).astype("float32")
+
+    def callback():
+        return quality.GSNRCallback(
+            x[:16], np.zeros(16), every_n_steps=3, num_micro_batches=4, loss=_output_mean
+        )
+
+    first = callback()
+    model.fit(x, np.zeros(32), batch_size=8, epochs=1, verbose=0, callbacks=[first])
+    resumed = callback()  # a new process: a new callback, the model restored
+    model.fit(x, np.zeros(32), batch_size=8, epochs=2, initial_epoch=1, verbose=0, callbacks=[resumed])
+    assert [m["step"] for m in first.measurements] == [3, 4]
+    assert [m["step"] for m in resumed.measurements] == [6, 8]
+
+
+@pytest.mark.parametrize("num_micro_batches", [1, 0, 2.5, 9])
+def test_invalid_micro_batches(num_micro_batches):
+    with pytest.raises(ValueError, match="micro"):
+        quality.gsnr(_linear_model(2), np.zeros((8, 2)), np.zeros(8), num_micro_batches=num_micro_batches)
+
+
 def test_callback_measures_at_each_epoch_end_without_batch_hooks():
     # The multi-worker loop calls only the epoch hooks.
     keras.utils.set_random_seed(0)
@@ -258,7 +284,7 @@ def test_callback_measures_at_each_epoch_end_without_batch_hooks():
         callback.on_epoch_begin(epoch)
         model.train_on_batch(x * (epoch + 1), np.zeros(16))
         callback.on_epoch_end(epoch, logs[epoch])
-    assert len(callback.measurements) == 2
+    assert [m["step"] for m in callback.measurements] == [1, 2]
     assert logs[0]["gsnr"] == callback.measurements[0]["gsnr"]
     assert logs[1]["gsnr"] == callback.measurements[1]["gsnr"]
 

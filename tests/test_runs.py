@@ -74,7 +74,8 @@ def test_history_csv_puts_epoch_first_and_reads_back(tmp_path):
 def _model(seed):
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((4,))
-    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    hidden = keras.layers.Dropout(0.5)(keras.layers.Dense(8)(inputs))  # a seed generator
+    model = keras.Model(inputs, keras.layers.Dense(2)(hidden))
     model.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
     return model
 
@@ -104,6 +105,29 @@ def test_checkpoints_resume_from_the_last_finished_epoch(tmp_path):
         np.testing.assert_array_equal(got, expected)
     for got, expected in zip(restored.optimizer.variables, model.optimizer.variables):
         np.testing.assert_array_equal(got.numpy(), expected.numpy())
+
+
+def test_checkpoints_hold_the_seed_generators_so_the_next_step_matches(tmp_path):
+    model = _model(0)
+    x = np.random.default_rng(0).random((8, 4)).astype("float32")
+    y = np.zeros((8, 2), "float32")
+    model.fit(x, y, batch_size=4, verbose=0)
+    path = runs.write_checkpoint(tmp_path, 1, model, [{"epoch": 1}])
+    states = runs.seed_generator_states(model)
+    assert len(states) == 1 and states[0].numpy()[1] == 2, "dropout drew twice"
+
+    weights_only = _model(1)
+    weights_only.load_weights(path / "state.weights.h5")
+    # The weights file alone leaves the generator where a fresh model has it.
+    assert not np.array_equal(runs.seed_generator_states(weights_only)[0].numpy(), states[0].numpy())
+
+    restored = _model(1)
+    runs.restore_checkpoint(restored, path)
+    np.testing.assert_array_equal(runs.seed_generator_states(restored)[0].numpy(), states[0].numpy())
+    model.fit(x, y, batch_size=4, verbose=0)
+    restored.fit(x, y, batch_size=4, verbose=0)
+    for got, expected in zip(restored.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(got, expected)
 
 
 def _run_dir(tmp_path, flags=FLAGS, finished=False):

@@ -4,7 +4,7 @@ Each architecture with masks on and off, and insertion into keras.applications, 
 checked in process (tests/test_models.py, tests/test_insert.py). Here one run serves
 several checks: the main run (a flagfile; two mirrored CPU devices; masks from the
 second epoch; GSNR) is served from its SavedModel, then a copy of it is refused,
-overwritten, killed and resumed.
+overwritten, killed and resumed, and ends as the same run uninterrupted.
 """
 
 import csv
@@ -144,17 +144,24 @@ assert probabilities.shape == (3, 10) and np.allclose(probabilities.sum(1), 1, a
 
 
 # The copy of the main run is overwritten by a run on another dataset: CIFAR-10
-# shaped, from tensorflow-datasets (mocked), with augmentation.
-OVERWRITE_FLAGS = ["--dataset=cifar10", "--augment", "--epochs=6", "--batch_size=8", "--max_test_examples=16"]
+# shaped, from tensorflow-datasets (mocked), with augmentation; everything that draws
+# (the data order, the augmentation, the random masks, the cnn's dropout) draws, and
+# deterministic ops make a resumed run comparable bit for bit with an uninterrupted one.
+OVERWRITE_FLAGS = [
+    "--dataset=cifar10", "--augment", "--epochs=6", "--batch_size=8", "--max_test_examples=16",
+    "--mask_rule=random", "--gsnr_every=3", "--deterministic",
+]
 
 
 @pytest.fixture(scope="module")
 def resumed_run(main_run, tmp_path_factory):
     """A copy of the main run: refused, overwritten, SIGKILLed, refused again, resumed.
 
-    Returns a dict of what each step left behind.
+    Beside it, the same run uninterrupted. Returns a dict of what each step left behind.
     """
     run_dir = tmp_path_factory.mktemp("resumed") / "run"
+    uninterrupted_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    uninterrupted = start([*OVERWRITE_FLAGS, f"--output_dir={uninterrupted_dir}"], MOCK_TRAIN)
     shutil.copytree(main_run[0], run_dir)
     args = [*OVERWRITE_FLAGS, f"--output_dir={run_dir}"]
     steps = {"finished_files": file_times(run_dir)}
@@ -163,7 +170,7 @@ def resumed_run(main_run, tmp_path_factory):
 
     process = start([*args, "--overwrite"], MOCK_TRAIN)
     deadline = time.time() + 300
-    while not (run_dir / "checkpoints" / "epoch-0002").exists():
+    while not (run_dir / "checkpoints" / "epoch-0001").exists():
         assert process.poll() is None, process.communicate()[1][-2000:]
         assert time.time() < deadline
         time.sleep(0.02)
@@ -177,6 +184,8 @@ def resumed_run(main_run, tmp_path_factory):
     steps["files_after_other_settings"] = file_times(run_dir)
     steps["resumed"] = run(args, MOCK_TRAIN)
     steps["run_dir"] = run_dir
+    steps["uninterrupted"] = finish(uninterrupted)
+    steps["uninterrupted_dir"] = uninterrupted_dir
     return steps
 
 
@@ -201,6 +210,50 @@ def test_resumes_after_sigkill_without_repeating_an_epoch(resumed_run):
     # The resumed process ran only the epochs that were missing.
     assert result.stdout.count("Epoch ") <= 6 - len(finished)
     assert len(list((run_dir / "checkpoints").iterdir())) == 1
+
+
+def gsnr_log(run_dir):
+    """`{step: {values}}` of the GSNR TensorBoard log, a killed process's file included."""
+    import tensorflow as tf
+
+    logged = {}
+    for path in sorted((run_dir / "logs" / "gsnr").glob("*tfevents*")):
+        try:
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                for value in event.summary.value:
+                    if value.tag == "gsnr":
+                        logged.setdefault(event.step, set()).add(float(tf.make_ndarray(value.tensor)))
+        except tf.errors.DataLossError:
+            pass  # the last record, cut short by SIGKILL
+    return logged
+
+
+def test_resumed_run_ends_bit_for_bit_as_the_uninterrupted_one(resumed_run):
+    run_dir, reference = resumed_run["run_dir"], resumed_run["uninterrupted_dir"]
+    assert_ok(resumed_run["resumed"])
+    assert_ok(resumed_run["uninterrupted"])
+    assert resumed_run["killed_epochs"][0] == 1, "killed after its first epoch"
+    import keras
+
+    weights = keras.models.load_model(run_dir / "model.keras").get_weights()
+    expected = keras.models.load_model(reference / "model.keras").get_weights()
+    for got, want in zip(weights, expected):
+        np.testing.assert_array_equal(got, want)
+    # The seed generators (three random masks and the dropout) ended in the same state.
+    last = pathlib.Path("checkpoints", "epoch-0006", "seed_generators.json")
+    assert len(json.loads((reference / last).read_text())) == 4
+    assert (run_dir / last).read_text() == (reference / last).read_text()
+    # Every logged figure of every epoch, to the last digit; only the times differ.
+    rows, expected_rows = read_history(run_dir), read_history(reference)
+    for row in rows + expected_rows:
+        row.pop("epoch_seconds")
+    assert rows == expected_rows and "gsnr" in rows[0]
+    # GSNR every 3 of the 8 steps of each epoch, and at each epoch's end: the same steps
+    # and values, those the killed process logged after its checkpoint included.
+    logged = gsnr_log(run_dir)
+    assert logged == gsnr_log(reference)
+    assert sorted(logged)[:4] == [3, 6, 8, 9] and max(logged) == 48
+    assert all(len(values) == 1 for values in logged.values())
 
 
 def test_overwritten_by_a_tfds_dataset_with_augmentation(resumed_run):
