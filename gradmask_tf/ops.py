@@ -172,6 +172,20 @@ def _mean_factor(config):
     return config.alpha if config.soft else config.alpha * _ROUNDING_SLACK
 
 
+# Compiled with XLA: the mean of |g| and the select each fuse into one pass over the
+# gradient; unfused, TensorFlow runs five kernels (measured on the CPU: 3.6 ms
+# against 4.9 ms for a [128, 28, 28, 32] float32 gradient).
+@tf.function(jit_compile=True)
+def _mean_mask(g, *, factor, axes):
+    """The hard `mean` rule: `(g * 1[|g| >= tau], tau)`, tau in float32."""
+    magnitude = tf.abs(tf.cast(g, tf.float32))
+    tau = factor * tf.reduce_mean(magnitude, axis=axes, keepdims=True)
+    # Dropped where |g| < tau, as a select: a NaN in g (NaN < tau is false) is passed
+    # on, never hidden (XLA would turn `g * 1[|g| >= tau]` into a select that hides it).
+    # A feature map with a NaN has a NaN tau and passes whole.
+    return tf.where(magnitude < tau, tf.zeros_like(g), g), tau
+
+
 def _rescale(g, masked, axes):
     """Scales `masked` by ||g||_1 / ||masked||_1 per neighbourhood (no-op if zero)."""
     total = tf.reduce_sum(tf.abs(tf.cast(g, tf.float32)), axis=axes, keepdims=True)
@@ -485,6 +499,8 @@ def _matched_control(g, g32, masked, keep, *, rule, scope, uniform):
     return tf.where(finite, controlled, g), tf.cast(chosen, tf.float32)
 
 
+# Compiled with XLA: four reductions over the gradient fuse into one pass.
+@tf.function(jit_compile=True)
 def _statistics(g32, keep):
     """`[kept_fraction, kept_l1]` of a keep indicator over the finite non-zero entries.
 
@@ -514,6 +530,10 @@ def _apply_rule(g, g32, rule, config, seed):
     """
     rank = g.shape.rank
     axes = _neighbourhood_axes(rank, config.scope)
+    if rule == "mean" and not config.soft:
+        masked, tau = _mean_mask(g, factor=_mean_factor(config), axes=tuple(axes))
+        # The keep indicator only where the statistics or the control need it.
+        return masked, lambda: tf.cast(tf.logical_not(tf.abs(g32) < tau), tf.float32), axes
     if rule == "mean":
         magnitude = tf.abs(g32)
         tau = _mean_factor(config) * tf.reduce_mean(magnitude, axis=axes, keepdims=True)
@@ -582,22 +602,24 @@ def mask_gradient(g, config, seed=None, measure=True):
     # Thresholds are computed in float32 whatever the gradient's dtype.
     g32 = tf.cast(g, tf.float32)
     masked, keep, axes = _apply_rule(g, g32, rule, config, seed)
+    keep_of = keep if callable(keep) else lambda: keep
     if config.rescale:
         masked = _rescale(g, masked, axes)
     if config.control:
-        masked, keep = _matched_control(
+        masked, chosen = _matched_control(
             g,
             g32,
             masked,
-            keep,
+            keep_of(),
             rule=rule,
             scope=config.scope,
             uniform=lambda shape: _uniform(shape, tf.float64, config, seed),
         )
+        keep_of = lambda: chosen  # noqa: E731  (the control's own selection)
     if isinstance(measure, bool):
-        return masked, _statistics(g32, keep) if measure else tf.zeros([2], tf.float32)
+        return masked, _statistics(g32, keep_of()) if measure else tf.zeros([2], tf.float32)
     return masked, tf.cond(
-        measure, lambda: _statistics(g32, keep), lambda: tf.zeros([2], tf.float32)
+        measure, lambda: _statistics(g32, keep_of()), lambda: tf.zeros([2], tf.float32)
     )
 
 
