@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from eval import stats
 from tests.helpers import ROOT, environment
 
 
@@ -27,12 +26,12 @@ def _study(args):
 
 def test_quick_study_resumes_after_an_interruption(tmp_path, idx_dir):
     directory = tmp_path / "study"
-    # The fewest arms with a verdict: none, mean and mean's matched control, two seeds
-    # so the report pairs them; one epoch of two steps, the GSNR logged once, only the
-    # quality evaluation, at its smoke settings.
+    # The fewest arms of a verdict: none, mean and mean's matched control, one seed (the
+    # verdicts themselves are tested on stored results in test_compare.py); one epoch of
+    # two steps, the GSNR logged once, only the quality evaluation, at its smoke settings.
     args = [
         "--quick", "--smoke", f"--output_dir={directory}", f"--data_dir={idx_dir}",
-        "--rules=mean", "--seeds=2", "--evals=quality", "--epochs=1",
+        "--rules=mean", "--seeds=1", "--evals=quality", "--epochs=1",
         "--max_train_examples=32", "--max_test_examples=16", "--eval_examples=16",
         "--gsnr_every=2", "--train_flags=--batch_size=16",
     ]
@@ -52,10 +51,10 @@ def test_quick_study_resumes_after_an_interruption(tmp_path, idx_dir):
     stdout, stderr = process.communicate(timeout=900)
     assert process.returncode == 0, stderr[-3000:]
     assert first.stat().st_mtime_ns == finished_at, "a finished run is not trained again"
-    assert "[1/13] train none, seed 0" in stdout and "min so far" in stdout
-    assert "train mean control, seed 1" in stdout and "evaluate mean control, seed 1" in stdout
+    assert "[1/7] train none, seed 0" in stdout and "min so far" in stdout
+    assert "train mean control, seed 0" in stdout and "evaluate mean control, seed 0" in stdout
     for name in ("none", "mean", "mean-control"):
-        for seed in (0, 1):
+        for seed in (0,):
             run = directory / "runs" / f"{name}-seed{seed}"
             flags = json.loads((run / "config.json").read_text())["flags"]
             assert flags["mask_control"] == (name == "mean-control") and flags["seed"] == seed
@@ -65,11 +64,10 @@ def test_quick_study_resumes_after_an_interruption(tmp_path, idx_dir):
     assert "| metric | mean − none | mean − control |" in report
     verdict = next(line for line in report.splitlines()
                    if line.startswith("| `mean:test_accuracy:higher` |"))
-    assert "| 2 / 2 |" in verdict
-    assert any(f"**{outcome}**" in verdict for outcome in (stats.BETTER, stats.WORSE,
-                                                           stats.NO_DIFFERENCE))
+    # One seed pairs nothing: the declared primary is reported, as not measured.
+    assert "not measured: 1 seed(s)" in verdict
     assert "## Mask metrics" in report and "`kept_l1/" in report
-    assert (directory / "forest.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (directory / "forest.png").exists()  # nothing paired, nothing to draw
     record = json.loads((directory / "study.json").read_text())
     assert record["settings"]["primary"] == ["mean:test_accuracy:higher"]
     assert record["wall_seconds_total"] >= record["wall_seconds_this_invocation"] > 0
