@@ -2,7 +2,9 @@
 
 For each image, a map of where the model's evidence for the true class lies, by
 vanilla saliency, SmoothGrad, Grad-CAM++ and (on request) Score-CAM, all from
-tf-keras-vis (`eval.vis_compat`), each scaled to sum 1; and the *foreground focus*:
+tf-keras-vis (`eval.vis_compat`), and the lateral-inhibition saliency of the
+authors' probable public code (`lateral_inhibition_maps`, METHOD.md section 5.4),
+each scaled to sum 1; and the *foreground focus*:
 the share of each map's mass on object pixels (pixels > 0; on MNIST and Fashion-MNIST
 the background is exactly 0). Its chance level is the mean share of object pixels: a
 map that ignores the object scores near it. The measure is only meaningful where the
@@ -23,17 +25,28 @@ References:
   Kubota, "tf-keras-vis", https://github.com/keisen/tf-keras-vis.
 """
 
+import functools
+
 import keras
 import numpy as np
+import tensorflow as tf
 
 from eval import checks, vis_compat
 from gradmask_tf import runs
 from gradmask_tf.errors import invalid
 from gradmask_tf.versions import library_versions
 
-METHODS = ("saliency", "smoothgrad", "gradcam++", "scorecam")
-DEFAULT_METHODS = ("saliency", "smoothgrad", "gradcam++")
+METHODS = ("saliency", "smoothgrad", "gradcam++", "scorecam", "lateral_inhibition")
+# Score-CAM is left out for its cost (one forward pass per channel). The
+# lateral-inhibition saliency is in: it is the method the paper's figures most likely
+# used, and costs one gradient pass per batch.
+DEFAULT_METHODS = ("saliency", "smoothgrad", "gradcam++", "lateral_inhibition")
 CAM_METHODS = ("gradcam++", "scorecam")
+
+# The lateral-inhibition saliency's kernel: `scipy.ndimage.gaussian_laplace` of a
+# centred impulse of this size, with this sigma (METHOD.md section 5.4).
+LATERAL_INHIBITION_KERNEL_SIZE = 5
+LATERAL_INHIBITION_SIGMA = 11.0
 
 _POOLING_LAYERS = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
 
@@ -75,6 +88,7 @@ def evaluate_saliency(
         images, labels = images[:num_images], labels[:num_images]
     methods = checks.names("methods", methods, METHODS)
     layer = _resolve_penultimate_layer(model, penultimate_layer, methods)
+    relus = relu_layers(model) if "lateral_inhibition" in methods else None
     maps = saliency_maps(
         model, images, labels, methods, smoothgrad_samples=smoothgrad_samples,
         smoothgrad_noise=smoothgrad_noise, penultimate_layer=layer, batch_size=batch_size,
@@ -92,6 +106,7 @@ def evaluate_saliency(
             ),
             "smoothgrad_noise": float(smoothgrad_noise) if smoothgrad else None,
             "penultimate_layer": layer,
+            "lateral_inhibition_layers": relus,
             "score": "true-label logit",
             "masks": "inactive (exact gradients)",
             "seed": int(seed),
@@ -128,6 +143,9 @@ def saliency_maps(
     - `scorecam`: Score-CAM on the same feature maps, weighing each by the softmax
       probability of the true class on the image masked by it (Wang et al.); one
       forward pass per channel, so slower.
+    - `lateral_inhibition`: the lateral-inhibition saliency of the authors' probable
+      public code (`lateral_inhibition_maps`; here scaled to sum 1 like the others
+      rather than min-max, which leaves its foreground focus unchanged).
 
     Args:
       model: A Keras 3 model with one input and one output of logits.
@@ -140,7 +158,8 @@ def saliency_maps(
         range. Defaults to 0.2.
       penultimate_layer: Name of the layer whose feature maps the CAM methods weigh.
         Defaults to None (`find_penultimate_layer`).
-      batch_size: Images per tf-keras-vis call. Defaults to 64.
+      batch_size: Images per tf-keras-vis call (and lateral-inhibition gradient
+        pass). Defaults to 64.
       seed: Seed of SmoothGrad's noise, per batch, with the index of the batch's
         first image; NumPy's global generator is restored afterwards. Defaults to 0.
 
@@ -151,12 +170,11 @@ def saliency_maps(
 
     Raises:
       ValueError: If a method is unknown, an argument is invalid, or the model does
-        not have one input and one output.
+        not have one input and one output (or, for `lateral_inhibition`, no ReLU
+        layer with a 4-D output).
     """
     methods = checks.names("methods", methods, METHODS)
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise invalid("model", "one input (images) and one output (logits)",
-                      f"{len(model.inputs)} inputs and {len(model.outputs)} outputs")
+    _check_single_input_output(model)
     images, labels = checks.labelled_images((images, labels), model)
     batch_size = checks.integer("batch_size", batch_size)
     if "smoothgrad" in methods:
@@ -164,6 +182,10 @@ def saliency_maps(
         smoothgrad_noise = checks.positive_float("smoothgrad_noise", smoothgrad_noise,
                                                  allow_zero=True)
     layer = _resolve_penultimate_layer(model, penultimate_layer, methods)
+    lateral = (
+        _lateral_inhibition(model, relu_layers(model))
+        if "lateral_inhibition" in methods else None
+    )
     # `method(images, labels, start)`: one batch of raw maps; `start` keys the noise.
     compute = {
         "saliency": lambda x, y, start: vis_compat.vanilla(model, x, y),
@@ -174,9 +196,154 @@ def saliency_maps(
         "scorecam": lambda x, y, start: vis_compat.scorecam(
             model, x, y, layer=layer, batch_size=batch_size
         ),
+        "lateral_inhibition": lambda x, y, start: lateral(x, y),
     }
     return {method: _maps(method, compute[method], images, labels, batch_size)
             for method in methods}
+
+
+def _check_single_input_output(model):
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise invalid("model", "one input (images) and one output (logits)",
+                      f"{len(model.inputs)} inputs and {len(model.outputs)} outputs")
+
+
+def lateral_inhibition_maps(model, images, labels, *, batch_size=64):
+    """The lateral-inhibition saliency of the authors' probable public code.
+
+    METHOD.md section 5.4. For each image and the logit of its true label, at every
+    ReLU output with rank 4 (`relu_layers`): the channel L2 norm of the logit's
+    gradient with respect to that output, `[h, w]`; convolved with their kernel
+    exactly (`lateral_inhibition_kernel`: the LoG of a 5x5 impulse, not shifted to
+    sum zero) with reflect padding (the edge not repeated, as NumPy's `reflect`,
+    `tf.pad`'s `REFLECT` and PyTorch's `reflect`, and as the `log` rule reads it,
+    METHOD.md section 2; SciPy calls this mode `mirror`); negated, rectified, and
+    resized to the image (`tf.image.resize`, bilinear); summed over the layers and
+    min-max normalised per image. At that size and sigma the kernel is nearly flat
+    and negative, so the negated filter is a blur with positive weights.
+
+    Gradients are taken with `training=False`: exact, Gradient Mask layers inactive.
+
+    Args:
+      model: A Keras 3 functional model with one input (images in [0, 1]) and one
+        output of logits.
+      images: `[N, H, W, C]` floats in [0, 1].
+      labels: `[N]` integer class labels.
+      batch_size: Images per gradient pass. Defaults to 64.
+
+    Returns:
+      A float32 array `[N, H, W]` in [0, 1], each map's minimum 0 and maximum 1, or
+      all zero where the map is constant (the score does not depend on the image),
+      or all NaN where a value is not finite.
+
+    Raises:
+      ValueError: If an argument is invalid, the model does not have one input and
+        one output, or it has no ReLU layer with a 4-D output.
+    """
+    _check_single_input_output(model)
+    images, labels = checks.labelled_images((images, labels), model)
+    batch_size = checks.integer("batch_size", batch_size)
+    compute = _lateral_inhibition(model, relu_layers(model))
+    return np.concatenate([
+        compute(images[start : start + batch_size], labels[start : start + batch_size])
+        for start in range(0, len(images), batch_size)
+    ])
+
+
+def relu_layers(model):
+    """Names the layers whose output is a ReLU of rank 4 `[N, H, W, C]`, in order.
+
+    A `keras.layers.ReLU`, an `Activation("relu")`, or any layer built with
+    `activation="relu"` (a Conv2D, a Dense). Gradient Mask layers are identities at
+    inference and do not count, wherever the mask points are; layers inside a
+    nested model, and layers used more than once, are not seen.
+
+    Raises:
+      ValueError: If the model has no such layer.
+    """
+    names = [
+        layer.name for layer in model.layers
+        if _output_rank(layer) == 4 and (
+            isinstance(layer, keras.layers.ReLU)
+            or getattr(layer, "activation", None) is keras.activations.relu
+        )
+    ]
+    if not names:
+        raise ValueError(
+            f"Model {model.name!r} has no ReLU layer with a 4-D output [N, H, W, C], "
+            "which the lateral_inhibition saliency needs."
+        )
+    return names
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel():
+    from scipy import ndimage  # tf-keras-vis needs SciPy already.
+
+    size = LATERAL_INHIBITION_KERNEL_SIZE
+    impulse = np.zeros((size, size))
+    impulse[size // 2, size // 2] = 1.0
+    kernel = ndimage.gaussian_laplace(impulse, sigma=LATERAL_INHIBITION_SIGMA)
+    kernel.setflags(write=False)
+    return kernel
+
+
+def lateral_inhibition_kernel():
+    """Their kernel, float64 `[5, 5]`: `scipy.ndimage.gaussian_laplace` of a centred
+    5x5 impulse with sigma 11 (SciPy's defaults: `reflect` mode within the 5x5
+    array, truncation at 4 sigma), not shifted. Computed once with SciPy."""
+    return _kernel().copy()
+
+
+def _lateral_inhibition(model, layer_names):
+    """`compute(images, labels)`: one batch of lateral-inhibition maps, [0, 1]."""
+    # One sub-model exposing the ReLU outputs beside the logits, one tape over them.
+    probe = keras.Model(
+        model.input, [model.get_layer(name).output for name in layer_names] + model.outputs
+    )
+    kernel = _kernel()
+
+    def compute(images, labels):
+        x = tf.convert_to_tensor(images, tf.float32)
+        with tf.GradientTape() as tape:
+            *activations, logits = probe(x, training=False)
+            score = tf.gather(logits, tf.constant(labels, tf.int64), batch_dims=1)
+        gradients = tape.gradient(
+            score, activations, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
+        total = np.zeros(images.shape[:3], np.float64)
+        for gradient in gradients:
+            gradient = gradient.numpy().astype(np.float64)
+            magnitude = np.sqrt(np.sum(np.square(gradient), axis=-1))
+            response = np.maximum(-_convolve_reflect(magnitude, kernel), 0.0)
+            resized = tf.image.resize(response[..., None], images.shape[1:3], method="bilinear")
+            total += resized.numpy()[..., 0]
+        return _min_max(total)
+
+    return compute
+
+
+def _convolve_reflect(maps, kernel):
+    """Convolves each map `[N, h, w]` with `kernel`, padding by NumPy's `reflect`."""
+    half = kernel.shape[0] // 2
+    height, width = maps.shape[1:]
+    padded = np.pad(maps, ((0, 0), (half, half), (half, half)), mode="reflect")
+    flipped = kernel[::-1, ::-1]  # A convolution, not a correlation.
+    out = np.zeros_like(maps)
+    for i in range(kernel.shape[0]):
+        for j in range(kernel.shape[1]):
+            out += flipped[i, j] * padded[:, i : i + height, j : j + width]
+    return out
+
+
+def _min_max(maps):
+    """Each map scaled to [0, 1]; constant maps zero, non-finite ones NaN."""
+    low = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - low
+    finite = np.isfinite(span)
+    scaled = np.where(span > 0, (maps - low) / np.where(span > 0, span, 1.0), 0.0)
+    scaled = np.where(finite, scaled, np.nan)
+    return scaled.astype(np.float32)
 
 
 def _maps(method, compute, images, labels, batch_size):
