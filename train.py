@@ -35,7 +35,7 @@ from gradmask_tf import ops as mask_ops  # noqa: E402
 from gradmask_tf.callbacks import MaskSchedule, RunRecorder  # noqa: E402
 from gradmask_tf.distributed import fit_multi_worker  # noqa: E402
 from gradmask_tf.errors import InvalidArgumentError  # noqa: E402
-from gradmask_tf.models import ARCHITECTURES, application_constructor  # noqa: E402
+from gradmask_tf.models import ARCHITECTURES, PLACEMENTS, application_constructor  # noqa: E402
 from gradmask_tf.optimizers import OPTIMIZERS, make_optimizer  # noqa: E402
 from gradmask_tf.training import MASK_METRIC_PREFIXES  # noqa: E402
 from gradmask_tf.versions import library_versions  # noqa: E402
@@ -71,6 +71,13 @@ flags.register_validator(
     "(for example keras.applications.ResNet50)",
 )
 flags.DEFINE_enum("mask_rule", "mean", mask_ops.RULES, "Gradient Mask rule ('none' = baseline).")
+flags.DEFINE_enum(
+    "mask_placement",
+    "activation",
+    PLACEMENTS,
+    "Mask points after every non-linearity (activation) or at each block's output, "
+    "after its pooling (block); reference architectures only.",
+)
 flags.DEFINE_enum("mask_scope", "spatial", mask_ops.SCOPES, "Neighbourhood of mean and topk.")
 flags.DEFINE_float("mask_alpha", 1.0, "Threshold factor of mean and local.", lower_bound=0.0)
 flags.DEFINE_integer("mask_kernel_size", 3, "Window of local (odd).", lower_bound=1)
@@ -203,6 +210,11 @@ def validate_flags(argv):
             f"unexpected arguments: {' '.join(argv[1:])} (flags look like --name=value)"
         )
     check_mask_flags()
+    if FLAGS.mask_placement != "activation" and FLAGS.model not in ARCHITECTURES:
+        raise UsageError(
+            f"flag --mask_placement={FLAGS.mask_placement} is defined only for "
+            f"{', '.join(ARCHITECTURES)}; a keras.applications model takes activation"
+        )
     if FLAGS.mask_start_epoch >= FLAGS.epochs and FLAGS.mask_rule != "none":
         raise UsageError(
             f"flag --mask_start_epoch={FLAGS.mask_start_epoch} must be below "
@@ -249,8 +261,10 @@ def resolve_run_dir(config):
         run_dir = pathlib.Path(FLAGS.output_dir)
     else:
         control = "-control" if FLAGS.mask_control else ""
+        placement = "" if FLAGS.mask_placement == "activation" else f"-{FLAGS.mask_placement}"
         run_dir = pathlib.Path("runs") / (
-            f"{FLAGS.dataset}-{FLAGS.model}-{FLAGS.mask_rule}{control}-seed{FLAGS.seed}"
+            f"{FLAGS.dataset}-{FLAGS.model}-{FLAGS.mask_rule}{control}{placement}"
+            f"-seed{FLAGS.seed}"
         )
     try:
         state = runs.prepare_run_dir(
@@ -386,6 +400,7 @@ def compiled_model(info, jit_compile):
         num_classes=info.num_classes,
         mask_rule=FLAGS.mask_rule,
         dataset=FLAGS.dataset,
+        placement=FLAGS.mask_placement,
         seed=FLAGS.seed,
         **mask_options(),
     )

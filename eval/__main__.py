@@ -206,6 +206,8 @@ def _pruning(run, options):
         run.model, run.test_data, architecture=run.config["model"], dataset=run.config["dataset"],
         sparsities=options["sparsities"], fine_tune=fine_tune, train_data=train_data,
         batch_size=options["batch_size"],
+        # Runs recorded before --mask_placement existed used the activation placement.
+        placement=run.config.get("mask_placement", "activation"),
     )
     return result, figures.plot_pruning(result, title=run.title)
 

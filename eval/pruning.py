@@ -88,7 +88,7 @@ class FineTune:
 
 def evaluate_pruning(
     model, data, *, architecture, dataset=None, sparsities=DEFAULT_SPARSITIES,
-    fine_tune=None, train_data=None, batch_size=128,
+    fine_tune=None, train_data=None, batch_size=128, placement="activation",
 ):
     """Test accuracy after magnitude pruning, one-shot and with a short fine-tune.
 
@@ -105,6 +105,8 @@ def evaluate_pruning(
       train_data: With `fine_tune`: a `tf.data.Dataset` of unbatched `(image,
         label)` training pairs, in the order to use (it is not shuffled here).
       batch_size: Batch size of inference. Defaults to 128.
+      placement: The model's mask placement (the run's `--mask_placement`), which
+        the twin builds. Defaults to `"activation"`.
 
     Returns:
       A JSON-able dict: `dense_accuracy`; `one_shot` and `fine_tuned` (empty without
@@ -123,7 +125,8 @@ def evaluate_pruning(
     train_data, num_train = _fine_tune_data(model, fine_tune, train_data)
     # A new twin per sparsity and mode: pruning edits a twin in place.
     twin = functools.partial(tfmot_compat.build_twin, model, architecture, dataset=dataset,
-                             mask_config=fine_tune.mask_config if fine_tune else None)
+                             mask_config=fine_tune.mask_config if fine_tune else None,
+                             placement=placement)
     dense = twin()
     reference_logits = model.predict(images, batch_size=batch_size, verbose=0)
     dense_logits = tfmot_compat.verify_twin(
@@ -140,6 +143,7 @@ def evaluate_pruning(
             results["fine_tuned"][key] = _measure(pruned, layers, images, labels, batch_size)
     settings = {
         "model": architecture,
+        "placement": placement,
         "dataset": dataset,
         "num_classes": int(model.output_shape[-1]),
         "sparsities": sparsities,

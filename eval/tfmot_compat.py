@@ -115,7 +115,7 @@ def _twin_mask_class(tf_keras):
     return TwinGradientMask
 
 
-def build_twin(model, architecture, *, dataset=None, mask_config=None):
+def build_twin(model, architecture, *, dataset=None, mask_config=None, placement="activation"):
     """Builds the `tf_keras` twin of a trained model and copies its weights.
 
     Each mask point keeps the trained layer's own configuration (per-point seeds
@@ -131,14 +131,17 @@ def build_twin(model, architecture, *, dataset=None, mask_config=None):
       mask_config: The `ops.MaskConfig` the model was trained with: its rule must be
         every mask point's, and it serves any mask point the model lacks. Defaults
         to None (no check; rule `none` for missing points).
+      placement: The model's mask placement (`build_graph`'s `placement`, the
+        run's `--mask_placement`). Defaults to `"activation"`.
 
     Returns:
       The `tf_keras.Model` twin (not yet checked; see `verify_twin`).
 
     Raises:
       ValueError: If `architecture` is not one `build_graph` builds (e.g. a
-        `keras.applications` model), if `mask_config`'s rule is not the model's, or
-        if the twin's weights do not match the model's.
+        `keras.applications` model), if `mask_config`'s rule is not the model's, if
+        a mask point of the model follows another layer in the twin (another
+        placement), or if the twin's weights do not match the model's.
     """
     legacy = legacy_keras()
     if architecture not in ARCHITECTURES:
@@ -162,13 +165,38 @@ def build_twin(model, architecture, *, dataset=None, mask_config=None):
         dataset=dataset,
         mask=mask,
         keras_module=legacy.keras,
+        placement=placement,
     )
     twin = legacy.keras.Model(inputs, outputs, name=f"{architecture}_tf_keras_twin")
+    _check_mask_points(model, twin, placement)
     _copy_weights(model, twin, hint=(
         f"Is architecture={architecture!r} the architecture of this model? Pass the one "
         "of the run that trained it."
     ))
     return twin
+
+
+def _mask_points(model, names):
+    """`{mask point name: name of the layer feeding it}` for the named layers."""
+    # A symbolic tensor's history starts with the layer that made it, in both Kerases.
+    return {
+        layer.name: layer.input._keras_history[0].name
+        for layer in model.layers
+        if layer.name in names
+    }
+
+
+def _check_mask_points(model, twin, placement):
+    """Each of the model's mask points follows the same layer in the twin."""
+    names = {layer.name for layer in mask_layers(model)}
+    trained, built = _mask_points(model, names), _mask_points(twin, names)
+    if trained != built:
+        raise invalid(
+            "placement",
+            f"the model's own mask placement: its mask points follow {trained}, the "
+            f"twin's {built} (pass the run's --mask_placement)",
+            placement,
+        )
 
 
 def _trained_masks(model, mask_config):

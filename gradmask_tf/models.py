@@ -1,4 +1,8 @@
-"""Reference architectures with a mask point after every non-linearity (METHOD.md §3).
+"""Reference architectures with their mask points (METHOD.md §3).
+
+Two placements: `activation` puts a mask point after every non-linearity, `block` at
+each block's output (after its pooling where it pools), where the arriving gradient
+is dense.
 
 The builders take the Keras module as an argument, so the pruning adapter can build
 the identical graph with `tf_keras` (which TF-MOT requires) and copy weights by
@@ -10,11 +14,14 @@ import re
 
 import keras
 
+from gradmask_tf.errors import invalid
 from gradmask_tf.insert import insert_masks
 from gradmask_tf.layers import GradientMask, point_seeds
 from gradmask_tf.training import GradMaskModel
 
 ARCHITECTURES = ("cnn", "vgg", "resnet20", "resnet32", "resnet56")
+# Where the mask points go (METHOD.md §3); the first is the default.
+PLACEMENTS = ("activation", "block")
 APPLICATIONS_PREFIX = "keras.applications."
 
 # Per-dataset pixel statistics of the training split (images in [0, 1]); the
@@ -38,13 +45,20 @@ def _normalize(k, x, dataset, channels):
     )(x)
 
 
-def _cnn(k, x, num_classes, mask):
-    """Small CNN for 28x28 inputs: two conv blocks and a hidden dense layer."""
+def _cnn(k, x, num_classes, mask, placement):
+    """Small CNN for 28x28 inputs: two conv blocks and a hidden dense layer.
+
+    Mask points mask1 and mask2 follow each block's ReLU (`activation`) or its max
+    pool (`block`); mask3 follows the hidden dense ReLU.
+    """
     for index, filters in enumerate((32, 64), start=1):
         x = k.layers.Conv2D(filters, 3, padding="same", name=f"conv{index}")(x)
         x = k.layers.ReLU(name=f"relu{index}")(x)
-        x = mask(x, f"mask{index}")
+        if placement == "activation":
+            x = mask(x, f"mask{index}")
         x = k.layers.MaxPooling2D(name=f"pool{index}")(x)
+        if placement == "block":
+            x = mask(x, f"mask{index}")
     x = k.layers.Flatten(name="flatten")(x)
     x = k.layers.Dense(128, name="dense1")(x)
     x = k.layers.ReLU(name="relu3")(x)
@@ -53,9 +67,14 @@ def _cnn(k, x, num_classes, mask):
     return k.layers.Dense(num_classes, name="logits")(x)
 
 
-def _vgg(k, x, num_classes, mask):
-    """VGG-style network for 32x32 inputs: three stages of two conv-BN-ReLU."""
-    index = 0
+def _vgg(k, x, num_classes, mask, placement):
+    """VGG-style network for 32x32 inputs: three stages of two conv-BN-ReLU.
+
+    Mask points are numbered in order: mask1..mask6 after each conv ReLU and mask7
+    after the hidden dense ReLU (`activation`), or mask1..mask3 after each stage's
+    max pool and mask4 after the hidden dense ReLU (`block`).
+    """
+    index = points = 0
     for stage, filters in enumerate((64, 128, 256), start=1):
         for _ in range(2):
             index += 1
@@ -64,18 +83,27 @@ def _vgg(k, x, num_classes, mask):
             )(x)
             x = k.layers.BatchNormalization(name=f"bn{index}")(x)
             x = k.layers.ReLU(name=f"relu{index}")(x)
-            x = mask(x, f"mask{index}")
+            if placement == "activation":
+                points += 1
+                x = mask(x, f"mask{points}")
         x = k.layers.MaxPooling2D(name=f"pool{stage}")(x)
+        if placement == "block":
+            points += 1
+            x = mask(x, f"mask{points}")
     x = k.layers.GlobalAveragePooling2D(name="global_pool")(x)
     x = k.layers.Dense(256, name="dense1")(x)
     x = k.layers.ReLU(name=f"relu{index + 1}")(x)
-    x = mask(x, f"mask{index + 1}")
+    x = mask(x, f"mask{points + 1}")
     x = k.layers.Dropout(0.3, name="dropout")(x)
     return k.layers.Dense(num_classes, name="logits")(x)
 
 
 def _resnet(k, x, num_classes, mask, blocks_per_stage):
-    """CIFAR ResNet (He et al. 2016, section 4.2) with projection shortcuts."""
+    """CIFAR ResNet (He et al. 2016, section 4.2) with projection shortcuts.
+
+    Both placements put the mask points after the stem's ReLU and each residual
+    block's add and ReLU (a block's output is its last non-linearity).
+    """
 
     def conv_bn(x, filters, strides, name):
         x = k.layers.Conv2D(
@@ -113,8 +141,22 @@ def _resnet(k, x, num_classes, mask, blocks_per_stage):
     return k.layers.Dense(num_classes, name="logits")(x)
 
 
+def check_placement(placement):
+    """Raises the `ValueError` of `invalid` unless `placement` is one of `PLACEMENTS`."""
+    if placement not in PLACEMENTS:
+        raise invalid("placement", f"one of {', '.join(PLACEMENTS)}", placement)
+    return placement
+
+
 def build_graph(
-    architecture, *, input_shape, num_classes, dataset=None, mask=None, keras_module=None
+    architecture,
+    *,
+    input_shape,
+    num_classes,
+    dataset=None,
+    mask=None,
+    keras_module=None,
+    placement="activation",
 ):
     """Builds an architecture's functional graph with any Keras module.
 
@@ -127,6 +169,10 @@ def build_graph(
       mask: `mask(tensor, name) -> tensor`, called at each mask point; None leaves
         the points out (the graph for a model without masks).
       keras_module: `keras` (default) or `tf_keras`.
+      placement: Where the mask points go (METHOD.md §3): `"activation"` (after
+        every non-linearity) or `"block"` (at each block's output, after its
+        pooling where it pools; in the ResNets the same points). Defaults to
+        `"activation"`.
 
     Returns:
       `(inputs, outputs)` of the graph.
@@ -137,14 +183,15 @@ def build_graph(
             f"Invalid value for argument `architecture`: expected one of "
             f"{', '.join(ARCHITECTURES)}. Received: architecture={architecture!r}"
         )
+    check_placement(placement)
     if mask is None:
         mask = lambda tensor, name: tensor  # noqa: E731
     inputs = k.Input(tuple(input_shape), name="images")
     x = _normalize(k, inputs, dataset, input_shape[-1])
     if architecture == "cnn":
-        outputs = _cnn(k, x, num_classes, mask)
+        outputs = _cnn(k, x, num_classes, mask, placement)
     elif architecture == "vgg":
-        outputs = _vgg(k, x, num_classes, mask)
+        outputs = _vgg(k, x, num_classes, mask, placement)
     else:
         outputs = _resnet(k, x, num_classes, mask, _RESNET_DEPTHS[architecture])
     return inputs, outputs
@@ -206,9 +253,10 @@ def build_model(
     num_classes,
     mask_rule="mean",
     dataset=None,
+    placement="activation",
     **mask_options,
 ):
-    """Builds an uncompiled `GradMaskModel` with a mask point after each non-linearity.
+    """Builds an uncompiled `GradMaskModel` with its mask points (METHOD.md §3).
 
     `mask_rule="none"` gives the same layers, so a baseline differs from a masked
     model only in its backward pass.
@@ -223,6 +271,11 @@ def build_model(
       mask_rule: The `GradientMask` rule at every mask point. Defaults to `"mean"`.
       dataset: Dataset name for the normalization layer's statistics. Defaults to
         None.
+      placement: Where the mask points go in the reference architectures:
+        `"activation"` (after every non-linearity) or `"block"` (at each block's
+        output, after its pooling where it pools; the ResNets' points are the
+        same). Defaults to `"activation"`. A `keras.applications` model takes only
+        `"activation"` (`insert_masks(after=...)` chooses other points there).
       **mask_options: Other `GradientMask` arguments (`alpha`, `scope`, ...). Each
         mask point gets its own seed derived from `seed` (`point_seeds`), so the
         draws of `random` masks and controls are independent.
@@ -233,7 +286,15 @@ def build_model(
     seed = mask_options.pop("seed", None)
     # Validates the options once, before any layer is built.
     GradientMask(mask_rule, seed=seed, **mask_options)
+    check_placement(placement)
     if application_constructor(architecture) is not None:
+        if placement != "activation":
+            raise invalid(
+                "placement",
+                "'activation' for a keras.applications model (insert_masks(after=...) "
+                "chooses other mask points there)",
+                placement,
+            )
         base = build_application(
             architecture, input_shape=input_shape, num_classes=num_classes, dataset=dataset
         )
@@ -250,5 +311,6 @@ def build_model(
         num_classes=num_classes,
         dataset=dataset,
         mask=mask,
+        placement=placement,
     )
     return GradMaskModel(inputs, outputs, name=f"{architecture}_{mask_rule}")

@@ -6,6 +6,7 @@ import itertools
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import gradmask_tf
 from gradmask_tf.layers import point_seeds
@@ -129,6 +130,85 @@ def test_one_training_step_with_masks_on_and_off(architecture):
     assert [w.shape for w in masked.weights] == [w.shape for w in baseline.weights]
     assert {mask.get_config()["rule"] for mask in gradmask_tf.mask_layers(baseline)} == {"none"}
     _train_step(baseline, "none")
+
+
+# `block` placement (METHOD.md §3): the layer feeding each mask point, in order.
+BLOCK_POINTS = {
+    "cnn": ["pool1", "pool2", "relu3"],
+    "vgg": ["pool1", "pool2", "pool3", "relu7"],
+}
+
+
+@pytest.mark.parametrize("architecture", gradmask_tf.ARCHITECTURES)
+def test_block_mask_points_sit_at_each_block_output(architecture):
+    model = _build(architecture, "mean", placement="block")
+    producers, consumers = _graph(model)
+    masks = gradmask_tf.mask_layers(model)
+    fed_by = [producers[mask.name][0] for mask in masks]
+    if architecture.startswith("resnet"):
+        # The ResNets' block outputs are their points under `activation` already.
+        activation = _masked(architecture)
+        assert [(type(a), a.name) for a in model.layers] == [
+            (type(b), b.name) for b in activation.layers
+        ]
+        assert [layer.name for layer in fed_by] == [
+            _graph(activation)[0][mask.name][0].name
+            for mask in gradmask_tf.mask_layers(activation)
+        ]
+        return
+    assert [layer.name for layer in fed_by] == BLOCK_POINTS[architecture]
+    *pools, dense_relu = fed_by
+    assert all(isinstance(pool, keras.layers.MaxPooling2D) for pool in pools)
+    assert isinstance(dense_relu, keras.layers.ReLU)
+    assert isinstance(producers[dense_relu.name][0], keras.layers.Dense)
+    # No mask right after a conv ReLU; none on or after the logits.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.ReLU) and layer is not dense_relu:
+            assert [type(f) for f in consumers[layer.name]] != [gradmask_tf.GradientMask]
+    (logits,) = [layer for layer in model.layers if layer.output is model.outputs[0]]
+    assert isinstance(logits, keras.layers.Dense) and not consumers[logits.name]
+    # The same weights as under `activation`, by name: only the mask points moved.
+    def weights(m):
+        return sorted(w.path for w in m.weights if not w.path.startswith("mask"))
+
+    assert weights(model) == weights(_masked(architecture))
+
+
+def _arriving_gradients(model):
+    """The loss gradient arriving at each mask point, on a batch of 4 (inference mode)."""
+    masks = gradmask_tf.mask_layers(model)
+    probe = keras.Model(model.inputs, [mask.output for mask in masks] + model.outputs)
+    rng = np.random.default_rng(5)
+    images = rng.random((4, *model.inputs[0].shape[1:])).astype("float32")
+    labels = rng.integers(0, NUM_CLASSES, 4)
+    with tf.GradientTape() as tape:
+        *points, logits = probe(images, training=False)
+        tape.watch(points)
+        loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    return {mask.name: g.numpy() for mask, g in zip(masks, tape.gradient(loss, points))}
+
+
+def test_the_gradient_arriving_at_cnn_block_points_is_dense():
+    block = _build("cnn", "none", placement="block")
+    _train_step(block, "none")
+    for name, gradient in _arriving_gradients(block).items():
+        assert np.count_nonzero(gradient) == gradient.size, name
+    # Under `activation`, max pooling zeroes 3 in 4 entries at the conv points.
+    activation = _build("cnn", "none")
+    _train_step(activation, "none")
+    arriving = _arriving_gradients(activation)
+    for name in ("mask1", "mask2"):
+        assert np.mean(arriving[name] == 0) >= 0.75, name
+
+
+def test_an_invalid_placement_is_refused():
+    with pytest.raises(ValueError, match=r"`placement`: expected one of activation, block"):
+        _build("cnn", "mean", placement="blocks")
+    with pytest.raises(ValueError, match=r"placement='block'"):
+        gradmask_tf.build_model(
+            "keras.applications.MobileNet", input_shape=(32, 32, 3), num_classes=2,
+            placement="block",
+        )
 
 
 def test_an_application_is_resized_up_and_masked_by_insertion():

@@ -85,6 +85,28 @@ def test_twin_predicts_what_the_model_does(cnn, twin, images):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("architecture", ["cnn", "vgg"])
+def test_a_block_twin_predicts_what_the_model_does(architecture):
+    shape = (28, 28, 1) if architecture == "cnn" else (8, 8, 3)
+    model = randomize(
+        build_model(architecture, input_shape=shape, num_classes=4, mask_rule="mean",
+                    placement="block", seed=0),
+        seed=6,
+    )
+    images = np.random.default_rng(7).random((6, *shape), dtype=np.float32)
+    twin = tfmot_compat.build_twin(model, architecture, mask_config=MASK_CONFIG,
+                                   placement="block")
+    actual = tfmot_compat.verify_twin(model, twin, images)
+    np.testing.assert_allclose(actual, model.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
+    assert [layer.name for layer in twin.layers] == [layer.name for layer in model.layers]
+    for mask in mask_layers(model):  # Each twin mask point follows the same layer.
+        assert (twin.get_layer(mask.name).input._keras_history[0].name
+                == mask.input._keras_history[0].name)
+    # The other placement builds other mask points: refused, naming the placement.
+    with pytest.raises(ValueError, match=r"--mask_placement.*placement='activation'"):
+        tfmot_compat.build_twin(model, architecture)
+
+
 def test_a_broken_twin_fails_loudly(cnn, images):
     broken = fresh_twin(cnn)
     broken.get_layer("conv2").bias[3].assign(broken.get_layer("conv2").bias[3] + 1.0)

@@ -282,6 +282,8 @@ BAD_FLAGS = [
     (["--dataset=no_such_dataset"], "no_such_dataset"),
     (["--epochs=3", "--mask_start_epoch=3"], "--mask_start_epoch"),
     (["--jit_compile=maybe"], "--jit_compile"),
+    (["--mask_placement=stage"], "--mask_placement"),
+    (["--model=keras.applications.MobileNet", "--mask_placement=block"], "--mask_placement"),
 ]
 
 
