@@ -32,7 +32,14 @@ import tensorflow as tf  # noqa: E402
 import gradmask_tf  # noqa: E402
 from gradmask_tf import data, quality, runs  # noqa: E402
 from gradmask_tf import ops as mask_ops  # noqa: E402
-from gradmask_tf.callbacks import MaskSchedule, RunRecorder  # noqa: E402
+from gradmask_tf.callbacks import (  # noqa: E402
+    EpochEvaluation,
+    MaskSchedule,
+    RunRecorder,
+    accuracy,
+    best_epoch,
+    predicted_classes,
+)
 from gradmask_tf.distributed import fit_multi_worker  # noqa: E402
 from gradmask_tf.errors import InvalidArgumentError  # noqa: E402
 from gradmask_tf.models import ARCHITECTURES, PLACEMENTS, application_constructor  # noqa: E402
@@ -44,6 +51,12 @@ FLAGS = flags.FLAGS
 _ABSL_FLAGS = set(FLAGS)
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
+LR_SCHEDULES = ("constant", "cosine")
+DEFAULT_NOISY_VALIDATION_FRACTION = 0.1
+# Files of the run directory.
+BEST_WEIGHTS = "best.weights.h5"  # the weights of the best validation epoch
+LABEL_NOISE = "label_noise.json"  # the flipped examples: index, true, noisy label, part
+SPLIT = "split.json"  # the original indices of the training and validation parts
 
 flags.DEFINE_string("dataset", "fashion_mnist", "tensorflow-datasets name of the data.")
 flags.DEFINE_string(
@@ -110,7 +123,17 @@ flags.DEFINE_integer(
 flags.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 128, "Global batch size.", lower_bound=1)
 flags.DEFINE_float("learning_rate", 1e-3, "Learning rate.", lower_bound=0.0)
-flags.DEFINE_enum("optimizer", "adam", OPTIMIZERS, "Optimizer (sgd uses momentum 0.9).")
+flags.DEFINE_enum("optimizer", "adam", OPTIMIZERS, "Optimizer (sgd: see --momentum).")
+flags.DEFINE_float(
+    "momentum", 0.9, "Momentum of --optimizer=sgd (an error with another optimizer).",
+    lower_bound=0.0,
+)
+flags.DEFINE_enum(
+    "lr_schedule",
+    "constant",
+    LR_SCHEDULES,
+    "constant, or cosine: from --learning_rate to 0 over all training steps.",
+)
 flags.DEFINE_integer("seed", 0, "Seed of weights, data order and random masks.", lower_bound=0)
 flags.DEFINE_string(
     "output_dir",
@@ -122,6 +145,27 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer(
     "max_test_examples", 0, "Evaluate on the first N test examples (0 = all).", lower_bound=0
+)
+flags.DEFINE_integer(
+    "examples_per_class",
+    0,
+    "Small data: N training examples of each class, drawn by the seed (0 = off; "
+    "exclusive with --max_train_examples).",
+    lower_bound=0,
+)
+flags.DEFINE_float(
+    "validation_fraction",
+    0.0,
+    "Hold out this share of the training subset, stratified, in [0, 1); 0.1 when "
+    "--label_noise > 0 and this flag is not given. Its accuracy picks the best epoch.",
+    lower_bound=0.0,
+)
+flags.DEFINE_float(
+    "label_noise",
+    0.0,
+    "Symmetric label noise: this share of each part (training, validation) gets a "
+    "different label, drawn by the seed, in [0, 1).",
+    lower_bound=0.0,
 )
 flags.DEFINE_bool("augment", False, "Random crop and flip (32x32 colour datasets).")
 flags.DEFINE_enum(
@@ -224,6 +268,41 @@ def validate_flags(argv):
         check_tf_config()
     if FLAGS.num_cpu_devices > 1 and FLAGS.strategy != "mirrored":
         raise UsageError("flag --num_cpu_devices > 1 is only used with --strategy=mirrored")
+    check_regime_flags()
+
+
+def check_regime_flags():
+    """The data regime, schedule and momentum flags; sets the default validation share."""
+    for name in ("label_noise", "validation_fraction"):
+        if FLAGS[name].value >= 1:
+            raise UsageError(
+                f"flag --{name}={FLAGS[name].value} must be in [0, 1)"
+            )
+    if FLAGS.examples_per_class and FLAGS.max_train_examples:
+        raise UsageError(
+            "flags --examples_per_class and --max_train_examples are exclusive; set one"
+        )
+    if FLAGS["momentum"].present and FLAGS.optimizer != "sgd":
+        raise UsageError(
+            f"flag --momentum is used only with --optimizer=sgd (not {FLAGS.optimizer})"
+        )
+    if FLAGS.label_noise > 0 and not FLAGS["validation_fraction"].present:
+        FLAGS.validation_fraction = DEFAULT_NOISY_VALIDATION_FRACTION
+    if evaluates_each_epoch() and FLAGS.strategy == "multi_worker":
+        raise UsageError(
+            "flags --validation_fraction and --label_noise are not supported with "
+            "--strategy=multi_worker"
+        )
+
+
+def uses_regime():
+    """Whether the data steps of METHOD.md section 6 go beyond the first N examples."""
+    return bool(FLAGS.examples_per_class or FLAGS.validation_fraction or FLAGS.label_noise)
+
+
+def evaluates_each_epoch():
+    """A validation split or label noise: validation and test accuracy every epoch."""
+    return bool(FLAGS.validation_fraction or FLAGS.label_noise)
 
 
 def check_mask_flags():
@@ -343,12 +422,25 @@ def set_global_options():
 # Data ---------------------------------------------------------------------------------
 
 
+class Data:
+    """What `load_data` returns: the datasets, the regime (None without one) and the
+    steps of an epoch."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
 def load_data(jit_compile, initial_epoch):
-    """`(info, train_data, test_data)`; an unusable dataset is a `UsageError`.
+    """A `Data`; an unusable dataset or regime is a `UsageError`.
 
     The training data holds the epochs still to run, epoch e drawn by (seed, e), so a
-    resumed run sees the data an uninterrupted one would have.
+    resumed run sees the data an uninterrupted one would have. With a regime
+    (`--examples_per_class`, `--validation_fraction`, `--label_noise`) the training
+    part, the validation part and their labels come from `data.regime`, drawn by the
+    seed alone, so every arm of a seed sees the same ones.
     """
+    multi_worker = FLAGS.strategy == "multi_worker"
+    regime = validation_data = train_eval_data = None
     try:
         info = data.info(FLAGS.dataset, data_dir=FLAGS.data_dir)
         test_data = data.load(
@@ -358,12 +450,36 @@ def load_data(jit_compile, initial_epoch):
             max_examples=FLAGS.max_test_examples or None,
             batch_size=FLAGS.batch_size,
         )
-        multi_worker = FLAGS.strategy == "multi_worker"
+        subset = {"max_examples": FLAGS.max_train_examples or None}
+        if uses_regime():
+            regime = data.regime(
+                data.split_labels(FLAGS.dataset, "train", data_dir=FLAGS.data_dir),
+                num_classes=info.num_classes,
+                seed=FLAGS.seed,
+                max_examples=FLAGS.max_train_examples,
+                examples_per_class=FLAGS.examples_per_class,
+                validation_fraction=FLAGS.validation_fraction,
+                label_noise=FLAGS.label_noise,
+            )
+            subset = {"indices": regime.train_indices, "labels": regime.train_labels}
+            train_eval_data = data.load(
+                FLAGS.dataset, "train", data_dir=FLAGS.data_dir,
+                batch_size=FLAGS.batch_size, **subset,
+            )
+            if len(regime.validation_indices):
+                validation_data = data.load(
+                    FLAGS.dataset,
+                    "train",
+                    data_dir=FLAGS.data_dir,
+                    indices=regime.validation_indices,
+                    labels=regime.validation_labels,
+                    batch_size=FLAGS.batch_size,
+                )
         train_data = data.load(
             FLAGS.dataset,
             "train",
             data_dir=FLAGS.data_dir,
-            max_examples=FLAGS.max_train_examples or None,
+            **subset,
             shuffle=True,
             seed=FLAGS.seed,
             augment=FLAGS.augment,
@@ -377,7 +493,27 @@ def load_data(jit_compile, initial_epoch):
         raise UsageError(str(error)) from None
     if info.image_shape is None or info.num_classes is None:
         raise UsageError(f"--dataset={FLAGS.dataset} is not an image classification dataset")
-    return info, train_data, test_data
+    if regime is not None:
+        num_train = len(regime.train_indices)
+    elif info.num_train is not None:
+        num_train = min(info.num_train, FLAGS.max_train_examples or info.num_train)
+    else:  # unknown without reading it: count one epoch's examples
+        num_train = sum(1 for _ in data.load(
+            FLAGS.dataset, "train", data_dir=FLAGS.data_dir,
+            max_examples=FLAGS.max_train_examples or None))
+    if multi_worker or jit_compile:
+        steps_per_epoch = num_train // FLAGS.batch_size
+    else:
+        steps_per_epoch = -(-num_train // FLAGS.batch_size)
+    return Data(
+        info=info,
+        train=train_data,
+        test=test_data,
+        regime=regime,
+        validation=validation_data,
+        train_eval=train_eval_data,
+        steps_per_epoch=max(steps_per_epoch, 1),
+    )
 
 
 def gsnr_probe():
@@ -392,7 +528,17 @@ def gsnr_probe():
 # The model ----------------------------------------------------------------------------
 
 
-def compiled_model(info, jit_compile):
+def learning_rate(steps_per_epoch):
+    """The learning rate or its schedule, keyed by the optimizer's iterations (so a
+    resumed run continues it exactly)."""
+    if FLAGS.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            FLAGS.learning_rate, decay_steps=FLAGS.epochs * steps_per_epoch, alpha=0.0
+        )
+    return FLAGS.learning_rate
+
+
+def compiled_model(info, jit_compile, steps_per_epoch):
     """A fresh model, compiled, under whatever strategy scope is current."""
     model = gradmask_tf.build_model(
         FLAGS.model,
@@ -405,7 +551,9 @@ def compiled_model(info, jit_compile):
         **mask_options(),
     )
     model.compile(
-        optimizer=make_optimizer(FLAGS.optimizer, FLAGS.learning_rate),
+        optimizer=make_optimizer(
+            FLAGS.optimizer, learning_rate(steps_per_epoch), momentum=FLAGS.momentum
+        ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=jit_compile,
@@ -421,8 +569,13 @@ def checkpoint_to_resume(run_dir, state):
     return runs.latest_checkpoint(run_dir)
 
 
-def resume(model, strategy, run_dir, initial_epoch, checkpoint):
-    """Restores the checkpoint, if any: the history rows of the epochs it finished."""
+def resume(model, strategy, run_dir, initial_epoch, checkpoint, chief):
+    """Restores the checkpoint, if any: the history rows of the epochs it finished.
+
+    The best validation weights are put back as the checkpoint holds them.
+    """
+    if chief:
+        runs.restore_files(run_dir, checkpoint, [BEST_WEIGHTS])
     if checkpoint is None:
         return []
     with strategy.scope():
@@ -434,9 +587,21 @@ def resume(model, strategy, run_dir, initial_epoch, checkpoint):
 # Callbacks and training ---------------------------------------------------------------
 
 
-def make_callbacks(run_dir, recorder, chief):
-    """The mask schedule, the GSNR probe if asked, and the recorder last."""
+def make_callbacks(run_dir, recorder, chief, loaded):
+    """The mask schedule, the GSNR probe if asked, the evaluation, the recorder last."""
     callbacks = [MaskSchedule(FLAGS.mask_start_epoch)]
+    if evaluates_each_epoch():
+        datasets = {"test_accuracy": loaded.test}
+        if loaded.validation is not None:
+            datasets["val_accuracy"] = loaded.validation
+        callbacks.append(
+            EpochEvaluation(
+                datasets,
+                best_weights=run_dir / BEST_WEIGHTS if loaded.validation is not None else None,
+                history=recorder.history_rows,
+                write=chief,
+            )
+        )
     if FLAGS.gsnr_every:
         probe_images, probe_labels = gsnr_probe()
         callbacks.append(
@@ -490,12 +655,12 @@ def train(model, strategy, train_data, callbacks, *, initial_epoch, log_dir, jit
 # The finished run ---------------------------------------------------------------------
 
 
-def plain_copy(model, info, jit_compile):
+def plain_copy(model, info, jit_compile, steps_per_epoch):
     """The trained model outside any strategy, optimizer state included.
 
     It evaluates, saves and exports the same way whichever strategy trained it.
     """
-    final = compiled_model(info, jit_compile)
+    final = compiled_model(info, jit_compile, steps_per_epoch)
     final.set_weights(model.get_weights())
     final.optimizer.build(final.trainable_variables)
     for target, source in zip(final.optimizer.variables, model.optimizer.variables):
@@ -503,8 +668,52 @@ def plain_copy(model, info, jit_compile):
     return final
 
 
-def finalize(model, info, test_data, run_dir, history_rows, train_seconds):
+def write_regime(run_dir, regime):
+    """The validation and training parts' original indices, and the flipped labels."""
+    if regime is None:
+        return
+    runs.atomic_write_json(
+        run_dir / SPLIT,
+        {
+            "train_indices": regime.train_indices.tolist(),
+            "validation_indices": regime.validation_indices.tolist(),
+        },
+    )
+    if FLAGS.label_noise:
+        runs.atomic_write_json(run_dir / LABEL_NOISE, regime.noise_records())
+
+
+def regime_metrics(model, loaded, run_dir, history_rows, jit_compile):
+    """metrics.json's regime keys (METHOD.md section 6); the test accuracies are
+    reported, never used to choose anything."""
+    metrics = {}
+    if evaluates_each_epoch():
+        end = [row["test_accuracy"] for row in history_rows[-3:]]
+        metrics["test_accuracy_end"] = float(sum(end) / len(end))
+    if loaded.validation is not None:
+        epoch, value = best_epoch(history_rows)
+        best = compiled_model(loaded.info, jit_compile, loaded.steps_per_epoch)
+        best.optimizer.build(best.trainable_variables)  # as saved with the weights
+        best.load_weights(run_dir / BEST_WEIGHTS)
+        metrics.update(
+            best_validation_epoch=epoch,
+            best_validation_accuracy=value,
+            test_accuracy_best_validation=accuracy(best, loaded.test),
+        )
+    if FLAGS.label_noise:
+        regime = loaded.regime
+        memorisation, clean = data.noise_metrics(
+            predicted_classes(model, loaded.train_eval),
+            regime.train_true_labels,
+            regime.train_labels,
+        )
+        metrics.update(memorisation=memorisation, clean_train_accuracy=clean)
+    return metrics
+
+
+def finalize(model, loaded, run_dir, history_rows, train_seconds, jit_compile):
     """Evaluates on the test split, then writes the model, its export and metrics.json."""
+    info, test_data = loaded.info, loaded.test
     loss, accuracy = model.evaluate(test_data, verbose=0, return_dict=False)
     runs.save_keras_model(model, run_dir / runs.MODEL)
     runs.export_saved_model(model, run_dir / runs.SAVED_MODEL, info.image_shape)
@@ -523,6 +732,7 @@ def finalize(model, info, test_data, run_dir, history_rows, train_seconds):
     metrics.update(
         {key: value for key, value in last.items() if key.startswith(MASK_METRIC_PREFIXES)}
     )
+    metrics.update(regime_metrics(model, loaded, run_dir, history_rows, jit_compile))
     runs.atomic_write_json(run_dir / runs.METRICS, metrics)
     print(
         f"Done: test accuracy {accuracy:.4f}, loss {loss:.4f}, "
@@ -539,7 +749,7 @@ def main(argv):
         run_dir, state = resolve_run_dir(config)
         initial_epoch, checkpoint = checkpoint_to_resume(run_dir, state)
         jit_compile, strategy = configure_runtime()
-        info, train_data, test_data = load_data(jit_compile, initial_epoch)
+        loaded = load_data(jit_compile, initial_epoch)
     except UsageError as error:
         _fail(str(error))
     _STDERR.release()  # Validated: from here on, the run shows everything.
@@ -547,22 +757,23 @@ def main(argv):
     chief = is_chief(strategy)
     if chief:
         start_run_dir(run_dir, state, config)
+        write_regime(run_dir, loaded.regime)
     with strategy.scope():
-        model = compiled_model(info, jit_compile)
-    history = resume(model, strategy, run_dir, initial_epoch, checkpoint)
-    recorder = RunRecorder(run_dir, history, write=chief)
+        model = compiled_model(loaded.info, jit_compile, loaded.steps_per_epoch)
+    history = resume(model, strategy, run_dir, initial_epoch, checkpoint, chief)
+    recorder = RunRecorder(run_dir, history, write=chief, files=[BEST_WEIGHTS])
     train_seconds = train(
         model,
         strategy,
-        train_data,
-        make_callbacks(run_dir, recorder, chief),
+        loaded.train,
+        make_callbacks(run_dir, recorder, chief, loaded),
         initial_epoch=initial_epoch,
         log_dir=run_dir / runs.LOGS if chief else None,
         jit_compile=jit_compile,
     )
     if chief:
-        final = plain_copy(model, info, jit_compile)
-        finalize(final, info, test_data, run_dir, recorder.history_rows, train_seconds)
+        final = plain_copy(model, loaded.info, jit_compile, loaded.steps_per_epoch)
+        finalize(final, loaded, run_dir, recorder.history_rows, train_seconds, jit_compile)
     return 0
 
 

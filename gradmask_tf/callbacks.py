@@ -1,9 +1,12 @@
 """Training callbacks: the mask warm-up and the run directory's per-epoch record."""
 
+import math
 import pathlib
 import time
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from gradmask_tf import runs
 from gradmask_tf.training import set_masks_enabled
@@ -32,11 +35,12 @@ class RunRecorder(keras.callbacks.Callback):
         rows are kept all the same.
     """
 
-    def __init__(self, run_dir, history=(), write=True):
+    def __init__(self, run_dir, history=(), write=True, files=()):
         super().__init__()
         self.run_dir = pathlib.Path(run_dir)
         self.history_rows = list(history)
         self.write = write
+        self.files = tuple(files)
         self._epoch_start = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -48,4 +52,63 @@ class RunRecorder(keras.callbacks.Callback):
         row["epoch_seconds"] = time.perf_counter() - self._epoch_start
         self.history_rows.append(row)
         if self.write:
-            runs.write_checkpoint(self.run_dir, epoch + 1, self.model, self.history_rows)
+            runs.write_checkpoint(
+                self.run_dir, epoch + 1, self.model, self.history_rows, files=self.files
+            )
+
+
+def predicted_classes(model, dataset, predict=None):
+    """The model's predicted class of each example of a batched `(image, label)` dataset."""
+    predict = predict or tf.function(lambda images: model(images, training=False))
+    batches = [np.argmax(np.asarray(predict(images)), axis=-1) for images, _ in dataset]
+    return np.concatenate(batches) if batches else np.zeros(0, np.int64)
+
+
+def dataset_labels(dataset):
+    return np.concatenate([np.asarray(labels) for _, labels in dataset])
+
+
+def accuracy(model, dataset, predict=None):
+    return float(np.mean(predicted_classes(model, dataset, predict) == dataset_labels(dataset)))
+
+
+def best_epoch(history_rows, monitor="val_accuracy"):
+    """`(epoch, value)` of the first epoch with the highest `monitor`, `(0, -inf)` if none."""
+    best = (0, -math.inf)
+    for row in history_rows:
+        if monitor in row and row[monitor] > best[1]:
+            best = (int(row["epoch"]), float(row[monitor]))
+    return best
+
+
+class EpochEvaluation(keras.callbacks.Callback):
+    """Adds each dataset's accuracy to the epoch's logs, and keeps the best weights.
+
+    Args:
+      datasets: `{log key: batched dataset}`, such as `{"val_accuracy": ...,
+        "test_accuracy": ...}`.
+      best_weights: Where to save the weights of the epoch with the highest
+        `val_accuracy` (atomically), or None.
+      history: History rows of the epochs already run: the best so far is theirs.
+      write: False on workers that must not write.
+    """
+
+    def __init__(self, datasets, best_weights=None, history=(), write=True):
+        super().__init__()
+        self.datasets = dict(datasets)
+        self.best_weights = best_weights
+        self.best = best_epoch(history)[1]
+        self.write = write
+        self._predict = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._predict is None:
+            model = self.model
+            self._predict = tf.function(lambda images: model(images, training=False))
+        logs = logs if logs is not None else {}
+        for key, dataset in self.datasets.items():
+            logs[key] = accuracy(self.model, dataset, self._predict)
+        if self.best_weights is not None and logs["val_accuracy"] > self.best:
+            self.best = logs["val_accuracy"]
+            if self.write:
+                runs.save_weights(self.model, self.best_weights)

@@ -469,6 +469,26 @@ def _in_memory(dataset, name):
     return tf.constant(np.concatenate(images)), tf.constant(np.concatenate(labels))
 
 
+def _select(dataset, name, max_examples, indices, labels):
+    """The examples of `dataset` at `indices`, with `labels` where given."""
+    if max_examples:
+        raise invalid("max_examples", "None or 0 with indices", max_examples)
+    indices = np.asarray(indices, dtype=np.int64)
+    examples = _in_memory(dataset, name)
+    count = 0 if examples is None else int(examples[1].shape[0])
+    if indices.ndim != 1 or (len(indices) and (indices.min() < 0 or indices.max() >= count)):
+        raise invalid("indices", f"a 1-D array of indices below {count}", indices)
+    if labels is not None and np.shape(labels) != indices.shape:
+        raise invalid("labels", f"an array of {len(indices)} labels", labels)
+    images, split_labels = examples
+    selected_labels = (
+        tf.gather(split_labels, indices)
+        if labels is None
+        else tf.constant(np.asarray(labels), dtype=split_labels.dtype)
+    )
+    return tf.data.Dataset.from_tensor_slices((tf.gather(images, indices), selected_labels))
+
+
 def _validate_load_arguments(name, split, max_examples, batch_size, seed, epochs, flags):
     _validate_name(name)
     if not isinstance(split, str) or not split.strip():
@@ -508,6 +528,8 @@ def load(
     augment=False,
     drop_remainder=False,
     epochs=None,
+    indices=None,
+    labels=None,
 ):
     """Loads an image classification dataset as `(image, label)` pairs in [0, 1].
 
@@ -549,6 +571,11 @@ def load(
             epoch e drawn by (`seed`, e). None: one epoch, drawn anew at each iteration
             of the dataset (reproducible in one process from `seed`, not across a
             restart). Defaults to None.
+        indices: Serve only these examples of the split, in this order (before any
+            shuffle), for example a `Regime`'s; exclusive with `max_examples`. The
+            shuffle and augmentation then key on the position in `indices`. Defaults
+            to None (all).
+        labels: With `indices`, their labels (noisy ones); None keeps the split's.
 
     Returns:
         A `tf.data.Dataset` of `(image, label)`: float32 `[H, W, C]` in [0, 1] and int32
@@ -587,6 +614,10 @@ def load(
         )
     if max_examples:
         dataset = dataset.take(max_examples)
+    if indices is not None:
+        dataset = _select(dataset, name, max_examples, indices, labels)
+    elif labels is not None:
+        raise invalid("labels", "None without indices", "an array")
     return _epochs(
         dataset,
         name,
@@ -672,3 +703,197 @@ def as_numpy(dataset):
     if not images:
         raise ValueError("The dataset is empty.")
     return np.concatenate(images), np.concatenate(labels)
+
+
+# Regimes: subset, validation hold-out, label noise (METHOD.md section 6) -------------
+
+# Each data step draws from its own stream, a function of the run's seed only: every arm
+# of one seed (whatever its mask rule) sees the same subset, split and noise.
+_SUBSET_DRAWS = 11
+_VALIDATION_DRAWS = 12
+_NOISE_DRAWS = 13
+
+
+@dataclasses.dataclass(frozen=True)
+class Regime:
+    """The data steps' outcome; every index refers to the original training split.
+
+    Attributes:
+        train_indices: The training part, ascending.
+        train_labels: Its labels, noisy where flipped.
+        validation_indices: The validation part, ascending (empty without one).
+        validation_labels: Its labels, noisy where flipped.
+        train_true_labels: The original labels of the training part.
+        validation_true_labels: The original labels of the validation part.
+    """
+
+    train_indices: np.ndarray
+    train_labels: np.ndarray
+    validation_indices: np.ndarray
+    validation_labels: np.ndarray
+    train_true_labels: np.ndarray
+    validation_true_labels: np.ndarray
+
+    @property
+    def train_flipped(self):
+        """Boolean mask over the training part: the examples whose label was flipped."""
+        return self.train_labels != self.train_true_labels
+
+    def noise_records(self):
+        """One dict per flipped example: index, true and noisy label, part."""
+        records = []
+        for part, indices, labels, true in (
+            ("train", self.train_indices, self.train_labels, self.train_true_labels),
+            ("validation", self.validation_indices, self.validation_labels,
+             self.validation_true_labels),
+        ):
+            for index, label, true_label in zip(indices, labels, true):
+                if label != true_label:
+                    records.append(
+                        {"index": int(index), "true_label": int(true_label),
+                         "noisy_label": int(label), "part": part}
+                    )
+        return records
+
+
+def _stream(seed, purpose):
+    return np.random.default_rng([int(seed), purpose])
+
+
+def _stratified_count(counts, fraction, rng):
+    """Per class, how many to hold out: round(fraction * total) in all, shared by
+    largest remainder (ties drawn), so each class gives its share."""
+    quotas = fraction * counts.astype(np.float64)
+    taken = np.floor(quotas).astype(np.int64)
+    remaining = int(round(fraction * counts.sum())) - int(taken.sum())
+    if remaining > 0:
+        remainders = quotas - taken
+        tie_break = rng.random(len(counts))
+        order = np.lexsort((tie_break, -remainders))
+        taken[order[:remaining]] += 1
+    return taken
+
+
+def _flip(labels, rate, num_classes, rng):
+    """Exactly round(rate * n) labels, drawn without replacement, each replaced by a
+    uniformly drawn different label."""
+    labels = labels.copy()
+    count = int(round(rate * len(labels)))
+    if count:
+        chosen = rng.choice(len(labels), size=count, replace=False)
+        shift = rng.integers(1, num_classes, size=count)
+        labels[chosen] = (labels[chosen] + shift) % num_classes
+    return labels
+
+
+def regime(
+    labels,
+    *,
+    num_classes,
+    seed,
+    max_examples=0,
+    examples_per_class=0,
+    validation_fraction=0.0,
+    label_noise=0.0,
+):
+    """The data steps of METHOD.md section 6, in order, from the labels of a split.
+
+    (1) the subset: the first `max_examples`, or `examples_per_class` drawn per class
+    (balanced); (2) the validation hold-out: `validation_fraction` of the subset,
+    stratified by class (round(fraction * n) in all); (3) the label noise: exactly
+    round(label_noise * n) examples of each part get a uniformly drawn different label.
+    Each step draws from its own stream keyed by `seed` alone. Plain NumPy.
+
+    Args:
+        labels: Integer labels of the whole original training split.
+        num_classes: Number of label values.
+        seed: The run's seed.
+        max_examples: Keep the first N (0: all). Exclusive with `examples_per_class`.
+        examples_per_class: Draw N of each class (0: off).
+        validation_fraction: Share of the subset held out, in [0, 1).
+        label_noise: Share of each part relabelled, in [0, 1).
+
+    Returns:
+        A `Regime`.
+
+    Raises:
+        ValueError: If an option is out of range, a class has fewer than
+            `examples_per_class` examples, or a part would be empty.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    if max_examples and examples_per_class:
+        raise ValueError("max_examples and examples_per_class are exclusive")
+    if not 0 <= validation_fraction < 1:
+        raise invalid("validation_fraction", "a number in [0, 1)", validation_fraction)
+    if not 0 <= label_noise < 1:
+        raise invalid("label_noise", "a number in [0, 1)", label_noise)
+    # (1) The subset.
+    if examples_per_class:
+        subset_rng = _stream(seed, _SUBSET_DRAWS)
+        chosen = []
+        for label in range(num_classes):
+            members = np.flatnonzero(labels == label)
+            if len(members) < examples_per_class:
+                raise ValueError(
+                    f"examples_per_class={examples_per_class}: class {label} has only "
+                    f"{len(members)} training examples"
+                )
+            chosen.append(subset_rng.choice(members, size=examples_per_class, replace=False))
+        subset = np.sort(np.concatenate(chosen))
+    else:
+        subset = np.arange(min(max_examples, len(labels)) if max_examples else len(labels))
+    # (2) The validation hold-out, stratified.
+    held_out = np.zeros(len(subset), bool)
+    if validation_fraction:
+        validation_rng = _stream(seed, _VALIDATION_DRAWS)
+        subset_labels = labels[subset]
+        classes = np.unique(subset_labels)
+        counts = np.array([np.sum(subset_labels == c) for c in classes])
+        for label, count in zip(classes, _stratified_count(counts, validation_fraction, validation_rng)):
+            members = np.flatnonzero(subset_labels == label)
+            held_out[validation_rng.choice(members, size=count, replace=False)] = True
+        if not held_out.any():
+            raise ValueError(
+                f"validation_fraction={validation_fraction} of {len(subset)} examples "
+                "holds out none"
+            )
+    train_indices, validation_indices = subset[~held_out], subset[held_out]
+    if len(train_indices) == 0:
+        raise ValueError("no training examples are left")
+    # (3) The label noise, in each part.
+    noise_rng = _stream(seed, _NOISE_DRAWS)
+    train_true, validation_true = labels[train_indices], labels[validation_indices]
+    train_labels = _flip(train_true, label_noise, num_classes, noise_rng)
+    validation_labels = _flip(validation_true, label_noise, num_classes, noise_rng)
+    return Regime(
+        train_indices=train_indices,
+        train_labels=train_labels,
+        validation_indices=validation_indices,
+        validation_labels=validation_labels,
+        train_true_labels=train_true,
+        validation_true_labels=validation_true,
+    )
+
+
+def split_labels(name, split, *, data_dir=None):
+    """The labels of a split, in its order, as an int64 NumPy array (no images kept)."""
+    _validate_name(name)
+    dataset = _source_dataset(name, split, data_dir).map(lambda image, label: label)
+    batches = list(dataset.batch(8192).as_numpy_iterator())
+    return np.concatenate(batches).astype(np.int64) if batches else np.zeros(0, np.int64)
+
+
+def noise_metrics(predictions, true_labels, noisy_labels):
+    """`(memorisation, clean_accuracy)` of predicted classes on a noisy training part.
+
+    memorisation: the share of the flipped examples whose noisy label is predicted;
+    clean_accuracy: the accuracy on the correctly labelled examples. Each is None where
+    its set is empty.
+    """
+    predictions = np.asarray(predictions)
+    true_labels, noisy_labels = np.asarray(true_labels), np.asarray(noisy_labels)
+    flipped = noisy_labels != true_labels
+    memorisation = float(np.mean(predictions[flipped] == noisy_labels[flipped])) if flipped.any() else None
+    clean = ~flipped
+    clean_accuracy = float(np.mean(predictions[clean] == true_labels[clean])) if clean.any() else None
+    return memorisation, clean_accuracy

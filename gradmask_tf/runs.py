@@ -159,7 +159,7 @@ def restore_checkpoint(model, path):
     return read_json(path / _CHECKPOINT_HISTORY)
 
 
-def write_checkpoint(run_dir, epoch, model, history_rows):
+def write_checkpoint(run_dir, epoch, model, history_rows, files=()):
     """Commits a finished epoch: its checkpoint, then `history.csv`; drops older ones.
 
     The checkpoint directory is the commit point: it is renamed into place only once
@@ -175,6 +175,9 @@ def write_checkpoint(run_dir, epoch, model, history_rows):
       model: The model; its weights, its optimizer's state and its seed generators'
         states are saved.
       history_rows: One dict of metrics per finished epoch, this one included.
+      files: Names of files in the run directory that belong to this epoch's state
+        (the best validation weights): copied into the checkpoint where they exist,
+        and put back by `restore_files`.
 
     Returns:
       The checkpoint's path.
@@ -187,6 +190,9 @@ def write_checkpoint(run_dir, epoch, model, history_rows):
         states = [variable.numpy().tolist() for variable in seed_generator_states(model)]
         atomic_write_json(directory / _SEED_STATES, states)
         atomic_write_json(directory / _CHECKPOINT_HISTORY, history_rows)
+        for name in files:
+            if (run_dir / name).exists():
+                shutil.copyfile(run_dir / name, directory / name)
 
     atomic_directory(checkpoint, write)
     atomic_write_text(run_dir / HISTORY, history_csv(history_rows))
@@ -194,6 +200,27 @@ def write_checkpoint(run_dir, epoch, model, history_rows):
         if entry != checkpoint and _CHECKPOINT.match(entry.name):
             shutil.rmtree(entry, ignore_errors=True)
     return checkpoint
+
+
+def restore_files(run_dir, checkpoint, names):
+    """Puts back the run directory's `names` as `checkpoint` saved them (see
+    `write_checkpoint`); one the checkpoint lacks (or no checkpoint) is removed, so a
+    file written by an epoch that never committed does not survive a resume."""
+    run_dir = pathlib.Path(run_dir)
+    for name in names:
+        saved = None if checkpoint is None else pathlib.Path(checkpoint) / name
+        if saved is not None and saved.exists():
+            atomic_write(run_dir / name, lambda file: file.write(saved.read_bytes()), binary=True)
+        else:
+            (run_dir / name).unlink(missing_ok=True)
+
+
+def save_weights(model, path):
+    """`model.save_weights(path)`, atomically (`path` ends in `.weights.h5`)."""
+    path = pathlib.Path(path)
+    temporary = path.with_name(f".{path.name[: -len('.weights.h5')]}.tmp.weights.h5")
+    model.save_weights(temporary)
+    os.replace(temporary, path)
 
 
 def export_saved_model(model, path, input_shape):
