@@ -405,3 +405,124 @@ def test_debian_fashion_mnist_test_split():
     # METHOD.md: about half of the pixels of a Fashion-MNIST image are non-zero.
     assert 0.45 < np.mean(images > 0) < 0.55
     assert data.info("fashion_mnist", data_dir=directory).num_test == 10_000
+
+
+# Regimes: the data steps of METHOD.md section 6.
+
+REGIME_LABELS = np.random.default_rng(5).integers(0, 10, 600)
+
+
+def _regime(**options):
+    options = {"num_classes": 10, "seed": 3, **options}
+    return data.regime(REGIME_LABELS, **options)
+
+
+def test_regime_subset_is_balanced_and_indexes_the_original_split():
+    regime = _regime(examples_per_class=20, validation_fraction=0.1, label_noise=0.3)
+    subset = np.concatenate([regime.train_indices, regime.validation_indices])
+    assert len(subset) == len(set(subset)) == 200
+    np.testing.assert_array_equal(np.bincount(REGIME_LABELS[subset], minlength=10), np.full(10, 20))
+    # Indices into the original split: their true labels are the split's.
+    np.testing.assert_array_equal(regime.train_true_labels, REGIME_LABELS[regime.train_indices])
+    np.testing.assert_array_equal(
+        regime.validation_true_labels, REGIME_LABELS[regime.validation_indices]
+    )
+    # Stratified: 10% of each class's 20.
+    np.testing.assert_array_equal(
+        np.bincount(regime.validation_true_labels, minlength=10), np.full(10, 2)
+    )
+
+
+def test_regime_flips_exactly_round_q_n_per_part_each_to_another_label():
+    regime = _regime(max_examples=333, validation_fraction=0.15, label_noise=0.37)
+    n_train, n_validation = len(regime.train_indices), len(regime.validation_indices)
+    assert n_validation == round(0.15 * 333) and n_train == 333 - n_validation
+    np.testing.assert_array_equal(np.sort(np.concatenate(
+        [regime.train_indices, regime.validation_indices])), np.arange(333))
+    for labels, true in ((regime.train_labels, regime.train_true_labels),
+                         (regime.validation_labels, regime.validation_true_labels)):
+        assert np.sum(labels != true) == round(0.37 * len(true))
+        assert labels.min() >= 0 and labels.max() < 10
+    records = regime.noise_records()
+    assert len(records) == round(0.37 * n_train) + round(0.37 * n_validation)
+    for record in records:
+        assert record["noisy_label"] != record["true_label"] == REGIME_LABELS[record["index"]]
+    assert {record["part"] for record in records} == {"train", "validation"}
+    # Symmetric noise: the new labels cover every other class.
+    big = _regime(label_noise=0.5)
+    assert set(big.train_labels[big.train_flipped]) == set(range(10))
+
+
+def test_regime_steps_in_order_each_its_own_stream():
+    noisy = _regime(examples_per_class=20, validation_fraction=0.2, label_noise=0.4)
+    # The subset does not depend on the later steps, nor the split on the noise.
+    clean = _regime(examples_per_class=20)
+    split = _regime(examples_per_class=20, validation_fraction=0.2)
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate([noisy.train_indices, noisy.validation_indices])),
+        clean.train_indices,
+    )
+    np.testing.assert_array_equal(noisy.validation_indices, split.validation_indices)
+    np.testing.assert_array_equal(noisy.train_true_labels, split.train_labels)
+    # Same seed, same draws (the mask rule is not an input); another seed differs.
+    again = _regime(examples_per_class=20, validation_fraction=0.2, label_noise=0.4)
+    for field in ("train_indices", "train_labels", "validation_indices", "validation_labels"):
+        np.testing.assert_array_equal(getattr(noisy, field), getattr(again, field))
+    other = _regime(examples_per_class=20, validation_fraction=0.2, label_noise=0.4, seed=4)
+    assert not np.array_equal(noisy.validation_indices, other.validation_indices)
+    assert not np.array_equal(noisy.train_flipped, other.train_flipped) or not np.array_equal(
+        noisy.train_indices, other.train_indices
+    )
+    # No option: the whole split, in order, clean.
+    plain = _regime()
+    np.testing.assert_array_equal(plain.train_indices, np.arange(600))
+    assert len(plain.validation_indices) == 0 and not plain.train_flipped.any()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"examples_per_class": 1000},
+        {"max_examples": 10, "examples_per_class": 2},
+        {"label_noise": 1.0},
+        {"validation_fraction": 1.0},
+        {"max_examples": 3, "validation_fraction": 0.1},  # holds out none
+    ],
+)
+def test_regime_refuses_bad_options(options):
+    with pytest.raises(ValueError):
+        _regime(**options)
+
+
+def test_noise_metrics_on_fixed_predictions():
+    true = np.array([0, 1, 2, 3, 4, 5])
+    noisy = np.array([9, 1, 8, 3, 4, 7])  # examples 0, 2 and 5 flipped
+    predictions = np.array([9, 1, 2, 0, 4, 7])  # memorises 0 and 5; 2 of 3 clean right
+    memorisation, clean = data.noise_metrics(predictions, true, noisy)
+    assert memorisation == pytest.approx(2 / 3) and clean == pytest.approx(2 / 3)
+    assert data.noise_metrics(true, true, true) == (None, 1.0)
+
+
+def test_load_serves_the_chosen_indices_and_labels(idx_dir):
+    idx_dir, arrays = idx_dir
+    indices, labels = np.array([5, 0, 11, 3]), np.array([9, 8, 7, 6])
+    images, served = _arrays(
+        data.load("fashion_mnist", "train", data_dir=idx_dir, indices=indices, labels=labels)
+    )
+    all_images, all_labels = _arrays(data.load("fashion_mnist", "train", data_dir=idx_dir))
+    np.testing.assert_array_equal(images, all_images[indices])
+    np.testing.assert_array_equal(served, labels)
+    _, kept = _arrays(data.load("fashion_mnist", "train", data_dir=idx_dir, indices=indices))
+    np.testing.assert_array_equal(kept, all_labels[indices])
+    np.testing.assert_array_equal(all_labels, arrays["train"][1])
+    np.testing.assert_array_equal(data.split_labels("fashion_mnist", "train", data_dir=idx_dir), all_labels)
+    # Shuffled epochs of the subset: keyed by (seed, epoch), the same subset each epoch.
+    shuffled = data.load("fashion_mnist", "train", data_dir=idx_dir, indices=indices,
+                         labels=labels, shuffle=True, seed=1, epochs=range(1, 3))
+    _, epoch_labels = _arrays(shuffled)
+    assert sorted(epoch_labels[:4]) == sorted(epoch_labels[4:]) == [6, 7, 8, 9]
+    resumed = data.load("fashion_mnist", "train", data_dir=idx_dir, indices=indices,
+                        labels=labels, shuffle=True, seed=1, epochs=range(2, 3))
+    np.testing.assert_array_equal(_arrays(resumed)[1], epoch_labels[4:])
+    with pytest.raises(ValueError):
+        data.load("fashion_mnist", "train", data_dir=idx_dir, indices=[len(all_labels)])
