@@ -11,6 +11,11 @@ same data, budget and seeds for every arm. Evaluates each run with `python -m ev
 verdict for each `--primary` comparison (declared before the runs), every other
 difference with its interval, and the figures.
 
+With `--plan=NAME` the arms, regimes, primaries and seeds come from a plan,
+`eval/plans/NAME.json` (eval/plans.py): runs under `DIR/<regime>/runs/<arm>-seed<seed>`,
+one report per regime and an index `DIR/report.md`. With `--results_dir=DIR` the small
+result files of every run are copied there when it finishes and looked for there first.
+
 Run it again after an interruption: finished runs and evaluations are skipped, an
 unfinished run resumes after its last finished epoch.
 """
