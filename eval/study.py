@@ -11,6 +11,11 @@ same data, budget and seeds for every arm. Evaluates each run with `python -m ev
 verdict for each `--primary` comparison (declared before the runs), every other
 difference with its interval, and the figures.
 
+With `--plan=NAME` the arms, regimes, primaries and seeds come from a plan,
+`eval/plans/NAME.json` (eval/plans.py): runs under `DIR/<regime>/runs/<arm>-seed<seed>`,
+one report per regime and an index `DIR/report.md`. With `--results_dir=DIR` the small
+result files of every run are copied there when it finishes and looked for there first.
+
 Run it again after an interruption: finished runs and evaluations are skipped, an
 unfinished run resumes after its last finished epoch.
 """
@@ -63,6 +68,18 @@ flags.DEFINE_integer("eval_examples", 1000, "First N test examples for attacks a
 flags.DEFINE_integer("gsnr_every", 100, "GSNR logged every N training steps (0 = off).", lower_bound=0)
 flags.DEFINE_bool("smoke", False, "Evaluations at their smoke settings (tests and CI).")
 flags.DEFINE_list("train_flags", [], "Extra train.py flags, e.g. --train_flags=--batch_size=64.")
+flags.DEFINE_string(
+    "plan", None,
+    "A study plan: eval/plans/NAME.json or a path to a .json file (arms, regimes, primaries, "
+    "seeds; see eval/plans.py). --rules, --controls and --primary do not apply; --seeds, "
+    "--epochs, --evals, --max_*_examples and --train_flags, when given, override the plan.",
+)
+flags.DEFINE_string(
+    "results_dir", None,
+    "Where each run's small result files (config.json, metrics.json, history.csv, eval/*) "
+    "are copied once it finishes, and looked for first: a run found there is not trained "
+    "again, and the reports are built from there.",
+)
 
 QUICK = dict(seeds=1, epochs=2, max_train_examples=10000, eval_examples=500)
 
@@ -92,6 +109,43 @@ def settings():
     values["output_dir"] = pathlib.Path(
         FLAGS.output_dir or f"studies/{values['dataset']}-{values['model']}{suffix}"
     )
+    return values
+
+
+def plan_settings():
+    """The settings of a `--plan` study: the plan, checked, and the flags that override it."""
+    from eval import plans
+
+    plan = plans.load(FLAGS.plan)
+    values = {
+        name: FLAGS[name].value
+        for name in ("dataset", "data_dir", "model", "max_test_examples", "eval_examples",
+                     "gsnr_every", "smoke", "train_flags", "quick")
+    }
+    overrides = {}
+    for name in ("epochs", "max_train_examples", "max_test_examples"):
+        if FLAGS[name].present:
+            overrides[name] = FLAGS[name].value
+        elif FLAGS.quick and name in QUICK:
+            overrides[name] = QUICK[name]
+    values["overrides"] = overrides
+    if FLAGS["seeds"].present:
+        plan["seeds"] = list(range(FLAGS.seeds))
+    elif FLAGS.quick:
+        plan["seeds"] = plan["seeds"][:1]
+    if FLAGS.quick and not FLAGS["eval_examples"].present:
+        values["eval_examples"] = QUICK["eval_examples"]
+    if FLAGS["evals"].present:
+        unknown = [name for name in FLAGS.evals if name not in EVALUATIONS]
+        if unknown:
+            raise ValueError(
+                f"flag --evals: unknown {', '.join(unknown)}; valid: {', '.join(EVALUATIONS)}"
+            )
+        for regime in plan["regimes"]:
+            regime["evals"] = list(dict.fromkeys(FLAGS.evals))
+    values["plan"] = plan
+    suffix = "-quick" if FLAGS.quick else ""
+    values["output_dir"] = pathlib.Path(FLAGS.output_dir or f"studies/{plan['name']}{suffix}")
     return values
 
 
@@ -192,56 +246,179 @@ class Progress:
             self.spent += time.perf_counter() - started
 
 
+def plan_train_command(options, run_dir, arm, regime, seed):
+    """train.py for one (regime, arm, seed) of a plan: the regime's flags, the arm's
+    options, then the study's overrides (so --quick and explicit flags win)."""
+    from eval import plans
+
+    chosen = {**regime["flags"], **arm["options"]}
+    overrides = dict(options["overrides"])
+    if "examples_per_class" in chosen:  # the subset is the regime's
+        overrides.pop("max_train_examples", None)
+    command = [
+        sys.executable, str(ROOT / "train.py"),
+        f"--dataset={options['dataset']}", f"--model={options['model']}",
+        f"--mask_rule={arm['rule']}", f"--seed={seed}",
+        f"--gsnr_every={options['gsnr_every']}", f"--output_dir={run_dir}",
+        *plans.flag_arguments(chosen), *plans.flag_arguments(overrides),
+        *options["train_flags"], *(["--mask_control"] if arm["control"] else []),
+    ]
+    if options["data_dir"]:
+        command.append(f"--data_dir={options['data_dir']}")
+    return command
+
+
+# The small files of a finished run that a report needs, copied to --results_dir.
+RESULT_FILES = ("config.json", "metrics.json", "history.csv")
+# Evaluation outputs copied beside them: the JSON results and the saliency maps of the
+# report's figure (a few images: small); never models, checkpoints or logs.
+EVAL_RESULT_PATTERNS = ("*.json", "saliency_maps.npz")
+
+
+def copy_results(run_dir, results):
+    """Copies a run's small result files to `results` (a run directory of its own)."""
+    import shutil
+
+    results.mkdir(parents=True, exist_ok=True)
+    for name in RESULT_FILES:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, results / name)
+    for pattern in EVAL_RESULT_PATTERNS:
+        for path in sorted((run_dir / "eval").glob(pattern)):
+            (results / "eval").mkdir(exist_ok=True)
+            shutil.copy2(path, results / "eval" / path.name)
+
+
+def _regimes(options):
+    """`[{"name", "directory", "results", "evals", "primary", "jobs"}]`, each job
+    `(what, name, command(run_dir))`; without a plan, one regime: the study itself."""
+    directory, results_dir = options["output_dir"], options["results_dir"]
+    plan = options.get("plan")
+    if plan is None:
+        seeds = list(range(options["seeds"]))
+        # The baseline, then each masked rule beside its matched control.
+        arms = [("none", False)] + [
+            (rule, control)
+            for rule in options["rules"]
+            for control in ((False, True) if options["controls"] else (False,))
+        ]
+        jobs = [
+            (f"{rule}{' control' if control else ''}, seed {seed}",
+             f"{rule}{'-control' if control else ''}-seed{seed}",
+             lambda run_dir, r=rule, c=control, s=seed: train_command(options, run_dir, r, c, s))
+            for rule, control in arms
+            for seed in seeds
+        ]
+        return [dict(name=None, directory=directory, results=results_dir,
+                     evals=options["evals"], primary=options["primary"], jobs=jobs)]
+    regimes = []
+    for regime in plan["regimes"]:
+        jobs = [
+            (f"{regime['name']}: {arm}, seed {seed}", f"{arm}-seed{seed}",
+             lambda run_dir, a=plan["arms"][arm], g=regime, s=seed:
+             plan_train_command(options, run_dir, a, g, s))
+            for arm in regime["arms"]
+            for seed in plan["seeds"]
+        ]
+        regimes.append(dict(
+            name=regime["name"], directory=directory / regime["name"],
+            results=results_dir / regime["name"] if results_dir else None,
+            evals=regime["evals"], primary=regime["primary"], jobs=jobs,
+        ))
+    return regimes
+
+
+def _index(options, regimes):
+    """`DIR/report.md` of a plan: its notes, seeds and a link to each regime's report."""
+    plan = options["plan"]
+    lines = [f"# Study `{plan['name']}`", "", f"Plan: `{plan['path']}`; seeds: "
+             f"{', '.join(map(str, plan['seeds']))}.", ""]
+    if plan["notes"]:
+        lines += [plan["notes"], ""]
+    lines += ["| regime | train.py flags | arms | primaries | report |", "|---|---|---|---|---|"]
+    for regime, declared in zip(regimes, plan["regimes"]):
+        flags_text = " ".join(f"`{a}`" for a in _flag_text(declared["flags"])) or "(defaults)"
+        lines.append(
+            f"| {regime['name']} | {flags_text} | {', '.join(declared['arms'])} | "
+            f"{', '.join(f'`{p}`' for p in regime['primary']) or '(none)'} | "
+            f"[{regime['name']}/report.md]({regime['name']}/report.md) |"
+        )
+    from gradmask_tf import runs
+
+    runs.atomic_write_text(options["output_dir"] / "report.md", "\n".join(lines) + "\n")
+
+
+def _flag_text(values):
+    from eval import plans
+
+    return plans.flag_arguments(values)
+
+
 def main(argv):
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         _STDERR.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
     try:
-        options = settings()
+        options = plan_settings() if FLAGS.plan else settings()
     except ValueError as error:
         _STDERR.fail(PROGRAM, error)
+    options["results_dir"] = pathlib.Path(FLAGS.results_dir) if FLAGS.results_dir else None
     _STDERR.release()
     from gradmask_tf import runs
 
     directory = options["output_dir"]
     directory.mkdir(parents=True, exist_ok=True)
-    logs = directory / "logs"
-    seeds = list(range(options["seeds"]))
-    # The baseline, then each masked rule beside its matched control.
-    arms = [("none", False)] + [
-        (rule, control)
-        for rule in options["rules"]
-        for control in ((False, True) if options["controls"] else (False,))
-    ]
-    jobs = [
-        (f"{rule}{' control' if control else ''}, seed {seed}",
-         f"{rule}{'-control' if control else ''}-seed{seed}", rule, control, seed)
-        for rule, control in arms
-        for seed in seeds
-    ]
-    progress = Progress((2 if options["evals"] else 1) * len(jobs) + 1)
+    regimes = _regimes(options)
+    total = sum((2 if r["evals"] else 1) * len(r["jobs"]) + 1 for r in regimes)
+    progress = Progress(total + (1 if options.get("plan") else 0))
     started_at = time.perf_counter()
-    run_dirs = {name: directory / "runs" / name for _, name, *_ in jobs}
-    for what, name, rule, control, seed in jobs:
-        started = progress.step(f"train {what}")
-        finished = (run_dirs[name] / runs.METRICS).is_file()
-        if not finished:
-            command = train_command(options, run_dirs[name], rule, control, seed)
-            _run(command, logs / f"{name}.log")
-        progress.finish(started, not finished)
-    for what, name, *_ in jobs if options["evals"] else ():
-        started = progress.step(f"evaluate {what}")
-        evaluated = run_dirs[name] / "eval"
-        missing = [e for e in options["evals"] if not (evaluated / f"{e}.json").is_file()]
-        if missing:
-            _run(eval_command(options, run_dirs[name], missing), logs / f"{name}.log")
-        progress.finish(started, bool(missing))
-    progress.step("report")
-    from eval import compare
+    trained = 0
+    for regime in regimes:
+        logs = regime["directory"] / "logs"
+        run_dirs = {name: regime["directory"] / "runs" / name for _, name, _ in regime["jobs"]}
+        results = {name: regime["results"] / name if regime["results"] else None
+                   for name in run_dirs}
 
-    compare.report(
-        [compare.load_run(path) for path in run_dirs.values()], directory, options["primary"]
-    )
+        def evaluated(name):
+            done = {p.stem for p in (run_dirs[name] / "eval").glob("*.json")}
+            if results[name] is not None:
+                done |= {p.stem for p in (results[name] / "eval").glob("*.json")}
+            return done
+
+        for what, name, command in regime["jobs"]:
+            started = progress.step(f"train {what}")
+            local = (run_dirs[name] / runs.METRICS).is_file()
+            stored = results[name] is not None and (results[name] / runs.METRICS).is_file()
+            missing = [e for e in regime["evals"] if e not in evaluated(name)]
+            # Stored results are enough unless an evaluation is missing (it needs the model).
+            needed = not local and not (stored and not missing)
+            if needed:
+                _run(command(run_dirs[name]), logs / f"{name}.log")
+                trained += 1
+            if results[name] is not None and (needed or (local and not stored)):
+                copy_results(run_dirs[name], results[name])
+            progress.finish(started, needed)
+        for what, name, _ in regime["jobs"] if regime["evals"] else ():
+            started = progress.step(f"evaluate {what}")
+            missing = [e for e in regime["evals"] if e not in evaluated(name)]
+            if missing:
+                _run(eval_command(options, run_dirs[name], missing), logs / f"{name}.log")
+                if results[name] is not None:
+                    copy_results(run_dirs[name], results[name])
+            progress.finish(started, bool(missing))
+        progress.step(f"report{' ' + regime['name'] if regime['name'] else ''}")
+        from eval import compare
+
+        sources = [
+            results[name] if results[name] is not None and (results[name] / runs.CONFIG).is_file()
+            else run_dirs[name]
+            for name in run_dirs
+        ]
+        compare.report([compare.load_run(path) for path in sources], regime["directory"],
+                       regime["primary"])
+    if options.get("plan"):
+        progress.step("index")
+        _index(options, regimes)
     record = directory / "study.json"
     previous = runs.read_json(record) if record.is_file() else {}
     runs.atomic_write_json(
@@ -249,6 +426,7 @@ def main(argv):
         {
             "settings": {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in options.items()},
             "command": " ".join([PROGRAM, *sys.argv[1:]]),
+            "runs_trained_this_invocation": trained,
             "wall_seconds_this_invocation": time.perf_counter() - started_at,
             "wall_seconds_total": previous.get("wall_seconds_total", 0.0)
             + time.perf_counter() - started_at,

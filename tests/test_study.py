@@ -107,3 +107,122 @@ def test_the_plan_lists_masked_rules_once_and_none_runs_anyway():
         study.FLAGS.unparse_flags()
     assert options["rules"] == ["mean", "lateral"]
     assert options["primary"] == [] and options["evals"] == [] and not options["controls"]
+
+
+def _tiny_plan():
+    return {
+        "notes": "test plan",
+        "seeds": 1,
+        "arms": [{"name": "none", "rule": "none"}, {"name": "mean", "rule": "mean"}],
+        "regimes": [
+            {"name": "clean", "evals": ["quality"]},
+            {"name": "fast", "flags": {"learning_rate": 0.01}, "evals": []},
+        ],
+    }
+
+
+def test_a_plan_runs_every_regime_and_rebuilds_from_its_results(tmp_path, idx_dir):
+    plan = tmp_path / "tiny.json"
+    plan.write_text(json.dumps(_tiny_plan()))
+    directory, results = tmp_path / "study", tmp_path / "results"
+    args = [
+        f"--plan={plan}", "--quick", "--smoke", f"--output_dir={directory}",
+        f"--results_dir={results}", f"--data_dir={idx_dir}", "--epochs=1",
+        "--max_train_examples=32", "--max_test_examples=16", "--eval_examples=16",
+        "--gsnr_every=2", "--train_flags=--batch_size=16",
+    ]
+    stdout, stderr = _study(args).communicate(timeout=900)
+    assert "[1/" in stdout, stderr[-3000:]
+    for regime in ("clean", "fast"):
+        for arm in ("none", "mean"):
+            run = directory / regime / "runs" / f"{arm}-seed0"
+            assert (run / "metrics.json").is_file(), stderr[-3000:]
+            stored = results / regime / f"{arm}-seed0"
+            assert sorted(p.name for p in stored.iterdir() if p.is_file()) == [
+                "config.json", "history.csv", "metrics.json"]
+        assert (directory / regime / "report.md").is_file()
+    flags = json.loads((directory / "fast" / "runs" / "mean-seed0" / "config.json").read_text())
+    assert flags["flags"]["learning_rate"] == 0.01 and flags["flags"]["epochs"] == 1
+    assert [p.name for p in (results / "clean" / "mean-seed0" / "eval").iterdir()] == [
+        "quality.json"]
+    assert not (results / "fast" / "mean-seed0" / "eval").exists()
+    index = (directory / "report.md").read_text()
+    assert "[clean/report.md](clean/report.md)" in index and "test plan" in index
+
+    # Another machine: the study directory is gone, the results are kept.
+    import shutil
+
+    shutil.rmtree(directory)
+    process = _study(args)
+    stdout, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0, stderr[-3000:]
+    assert not (directory / "clean" / "runs").exists(), "nothing is trained again"
+    assert json.loads((directory / "study.json").read_text())["runs_trained_this_invocation"] == 0
+    report = (directory / "clean" / "report.md").read_text()
+    assert "| metric | none | mean |" in report and "GSNR" in report
+    assert (directory / "fast" / "report.md").is_file() and (directory / "report.md").is_file()
+
+
+@pytest.mark.parametrize("name", ["claims", "regimes"])
+def test_the_shipped_plans_are_valid(name):
+    from eval import plans
+
+    plan = plans.load(name)
+    assert plan["seeds"] == [0, 1, 2, 3, 4]
+    if name == "regimes":
+        assert [len(r["arms"]) for r in plan["regimes"]] == [10, 5, 5]
+
+
+def _edit(change):
+    plan = _tiny_plan()
+    plan["controls"] = True
+    plan["regimes"][0]["primary"] = ["mean:test_accuracy:higher"]
+    change(plan)
+    return plan
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (lambda p: p.update(colour=1), r"plan\.colour: unknown key"),
+        (lambda p: p["arms"][1].update(colour=1), r"arms\[1\]\.colour: unknown key"),
+        (lambda p: p["regimes"][0].update(colour=1), r"regimes\[0\]\.colour: unknown key"),
+        (lambda p: p["arms"][1].update(rule="bogus"), r"arms\[1\]\.rule: unknown rule"),
+        (lambda p: p["arms"][1].update(options={"bogus_flag": 1}),
+         r"arms\[1\]\.options\.bogus_flag: not a train.py flag"),
+        (lambda p: p["regimes"][0].update(flags={"seed": 3}),
+         r"regimes\[0\]\.flags\.seed: set by the study"),
+        (lambda p: p["regimes"][0].update(primary=["mean:a:higher", "mean:b:higher",
+                                                   "mean:c:higher", "mean:d:higher"]),
+         r"regimes\[0\]\.primary: at most 3"),
+        (lambda p: p["regimes"][0].update(primary=["lateral:test_accuracy:higher"]),
+         "names lateral, which no arm of the regime runs"),
+        (lambda p: p.update(controls=False), "runs no matched control of mean"),
+        (lambda p: p["regimes"][0].update(arms=["mean"]), "runs no `none` arm"),
+        (lambda p: p["regimes"][0].update(arms=["median"]), r"regimes\[0\]\.arms: no arm"),
+        (lambda p: p["regimes"][0].update(evals=["robustness"]), r"regimes\[0\]\.evals"),
+        (lambda p: p.update(seeds=0), "seeds: expected a count"),
+        (lambda p: p.pop("regimes"), "regimes: missing"),
+        (lambda p: p["arms"].append({"name": "mean", "rule": "local"}), "given twice"),
+    ],
+)
+def test_a_bad_plan_file_fails_in_one_line_naming_the_key(tmp_path, change, named):
+    from eval import plans
+
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(_edit(change)))
+    with pytest.raises(ValueError, match=named) as caught:
+        plans.load(str(path))
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"plan {path}: ")
+
+
+def test_a_plan_accepts_the_pending_train_flags_and_writes_bools_as_flags():
+    from eval import plans
+
+    plan = _edit(lambda p: p["regimes"][0].update(
+        flags={"label_noise": 0.4, "examples_per_class": 100, "augment": False}))
+    assert plans.check(plan)["regimes"][0]["flags"]["label_noise"] == 0.4
+    assert plans.flag_arguments({"augment": True, "mixed_precision": False, "epochs": 3}) == [
+        "--augment", "--nomixed_precision", "--epochs=3"]
+    assert "mask_placement" in plans.train_flag_names()

@@ -1,0 +1,224 @@
+"""Study plans: a small JSON file naming a study's arms, regimes, primaries and seeds.
+
+  python -m eval.study --plan=claims                 # eval/plans/claims.json
+  python -m eval.study --plan=path/to/plan.json --results_dir=docs/results/plan
+
+A plan (every key but `arms` and `regimes` optional):
+
+  {"notes": "free text: how the learning rates were chosen, ...",
+   "seeds": 5,                      # a count (0 .. n-1) or a list of seeds
+   "controls": true,                # each masked arm also gets its matched control
+   "arms": [{"name": "mean-block-sgd", "rule": "mean",
+             "options": {"mask_placement": "block", "optimizer": "sgd"},
+             "control": false}],    # a matched control of its own (with controls: false)
+   "regimes": [{"name": "noise", "flags": {"label_noise": 0.4, "epochs": 30},
+                "arms": ["none", "mean-block-sgd"],   # default: every arm
+                "evals": ["quality"],                 # default: every evaluation
+                "primary": ["mean:memorisation:lower"]}]}
+
+`options` and `flags` are train.py flags (`{"augment": true}` is `--augment`, false
+`--noaugment`). Their *names* are checked against the flags train.py defines, read from
+its source without importing TensorFlow, plus `PENDING_FLAGS`; their *values* are
+train.py's business (it fails at once on a bad one). With `controls: true` the control of
+masked arm `NAME` is the arm `NAME-control`, run wherever `NAME` runs.
+
+Everything is checked before anything runs; a bad plan is one `ValueError` line naming
+the file and the key.
+"""
+
+import ast
+import json
+import pathlib
+import re
+
+from eval import EVALUATIONS
+from eval.arms import MAX_PRIMARIES, UNMASKED, parse_primaries
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PLANS = pathlib.Path(__file__).resolve().parent / "plans"
+# Flags of train.py being added on another branch (METHOD.md section 6); accepted here so
+# that a plan may name them before they land. Remove each once train.py defines it.
+PENDING_FLAGS = {"label_noise", "validation_fraction", "examples_per_class", "lr_schedule",
+                 "momentum"}
+# Set by the study for every run: never by a plan.
+STUDY_FLAGS = {"mask_rule", "mask_control", "seed", "output_dir", "overwrite", "dataset",
+               "model", "data_dir"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_PLAN_KEYS = {"notes", "seeds", "controls", "arms", "regimes"}
+_ARM_KEYS = {"name", "rule", "options", "control"}
+_REGIME_KEYS = {"name", "flags", "arms", "evals", "primary", "notes"}
+
+
+def train_flag_names(source=ROOT / "train.py"):
+    """The flags train.py defines (its `flags.DEFINE_*("name", ...)` calls), no import."""
+    tree = ast.parse(pathlib.Path(source).read_text())
+    return {
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+        and node.func.attr.startswith("DEFINE") and node.args
+        and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+    }
+
+
+def resolve(name):
+    """The plan file of `--plan=NAME`: eval/plans/NAME.json, or a path to a .json file."""
+    if name.endswith(".json"):
+        return pathlib.Path(name)
+    return PLANS / f"{name}.json"
+
+
+def flag_arguments(values):
+    """`{"augment": True, "epochs": 3}` as `["--augment", "--epochs=3"]`."""
+    arguments = []
+    for name, value in values.items():
+        if isinstance(value, bool):
+            arguments.append(f"--{'' if value else 'no'}{name}")
+        elif isinstance(value, list):
+            arguments.append(f"--{name}={','.join(str(v) for v in value)}")
+        else:
+            arguments.append(f"--{name}={value}")
+    return arguments
+
+
+def load(name):
+    """Reads and checks a plan; returns it expanded (see `check`).
+
+    Raises:
+      ValueError: One line naming the file and the bad key.
+    """
+    path = resolve(name)
+    if not path.is_file():
+        available = ", ".join(sorted(p.stem for p in PLANS.glob("*.json")))
+        raise ValueError(f"flag --plan: no plan {path} (in eval/plans: {available})")
+    try:
+        plan = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"plan {path}: not JSON: {error}") from None
+    return check(plan, path)
+
+
+def check(plan, path="<plan>"):
+    """Checks a plan, before anything runs; returns it expanded.
+
+    Returns:
+      `{"name", "path", "notes", "seeds": [int], "arms": {name: {"rule", "options",
+      "control"}}, "regimes": [{"name", "flags", "arms": [name], "evals", "primary"}]}`,
+      the controls of `controls: true` among the arms.
+    """
+
+    def fail(key, message):
+        raise ValueError(f"plan {path}: {key}: {message}")
+
+    def known(where, mapping, keys):
+        if not isinstance(mapping, dict):
+            fail(where, f"expected an object, received {json.dumps(mapping)}")
+        unknown = sorted(set(mapping) - keys)
+        if unknown:
+            fail(f"{where}.{unknown[0]}", f"unknown key; valid: {', '.join(sorted(keys))}")
+
+    def check_flags(where, values):
+        if not isinstance(values, dict):
+            fail(where, "expected an object of train.py flags")
+        for flag in values:
+            if flag in STUDY_FLAGS:
+                fail(f"{where}.{flag}", "set by the study itself, not by a plan")
+            if flag not in valid_flags:
+                fail(f"{where}.{flag}", "not a train.py flag")
+        return dict(values)
+
+    from gradmask_tf.ops import RULES  # the op module alone: no TensorFlow model
+
+    valid_flags = train_flag_names() | PENDING_FLAGS
+    known("plan", plan, _PLAN_KEYS)
+    for key in ("arms", "regimes"):
+        if key not in plan:
+            fail(key, "missing")
+    seeds = plan.get("seeds", 5)
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:
+        seeds = list(range(seeds))
+    elif (isinstance(seeds, list) and seeds
+          and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+          and len(set(seeds)) == len(seeds)):
+        seeds = list(seeds)
+    else:
+        fail("seeds", f"expected a count >= 1 or a list of distinct seeds >= 0, received {seeds!r}")
+    controls = plan.get("controls", False)
+    if not isinstance(controls, bool):
+        fail("controls", f"expected true or false, received {controls!r}")
+    if not isinstance(plan["arms"], list) or not plan["arms"]:
+        fail("arms", "expected a non-empty list")
+    arms = {}
+    for index, arm in enumerate(plan["arms"]):
+        where = f"arms[{index}]"
+        known(where, arm, _ARM_KEYS)
+        name = arm.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            fail(f"{where}.name", f"expected a name of letters, digits, _.+-, received {name!r}")
+        rule = arm.get("rule")
+        if rule not in RULES:
+            fail(f"{where}.rule", f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
+        control = arm.get("control", False)
+        if not isinstance(control, bool):
+            fail(f"{where}.control", f"expected true or false, received {control!r}")
+        if control and rule in UNMASKED:
+            fail(f"{where}.control", f"{rule} has no matched control")
+        options = check_flags(f"{where}.options", arm.get("options", {}))
+        entries = [(name, dict(rule=rule, options=options, control=control))]
+        if controls and rule not in UNMASKED and not control:
+            entries.append((f"{name}-control", dict(rule=rule, options=options, control=True)))
+        for entry_name, entry in entries:
+            if entry_name in arms:
+                fail(f"{where}.name", f"arm {entry_name!r} is given twice")
+            arms[entry_name] = entry
+    if not isinstance(plan["regimes"], list) or not plan["regimes"]:
+        fail("regimes", "expected a non-empty list")
+    regimes = []
+    for index, regime in enumerate(plan["regimes"]):
+        where = f"regimes[{index}]"
+        known(where, regime, _REGIME_KEYS)
+        name = regime.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            fail(f"{where}.name", f"expected a name of letters, digits, _.+-, received {name!r}")
+        if name in {r["name"] for r in regimes}:
+            fail(f"{where}.name", f"regime {name!r} is given twice")
+        flags = check_flags(f"{where}.flags", regime.get("flags", {}))
+        names = regime.get("arms", [n for n, a in arms.items()])
+        if not isinstance(names, list) or not names:
+            fail(f"{where}.arms", "expected a non-empty list of arm names")
+        chosen = []
+        for arm_name in names:
+            if arm_name not in arms:
+                fail(f"{where}.arms", f"no arm {arm_name!r}; arms: {', '.join(arms)}")
+            chosen.append(arm_name)
+            if controls and f"{arm_name}-control" in arms:
+                chosen.append(f"{arm_name}-control")
+        chosen = list(dict.fromkeys(chosen))
+        evals = regime.get("evals", list(EVALUATIONS))
+        if not isinstance(evals, list) or any(e not in EVALUATIONS for e in evals):
+            fail(f"{where}.evals", f"expected a list of {', '.join(EVALUATIONS)}, received {evals!r}")
+        primary = regime.get("primary", [])
+        if not isinstance(primary, list):
+            fail(f"{where}.primary", "expected a list of rule:metric:direction")
+        if len(primary) > MAX_PRIMARIES:
+            fail(f"{where}.primary", f"at most {MAX_PRIMARIES} primaries per regime "
+                                     f"(METHOD.md section 5); received {len(primary)}")
+        try:
+            primaries = parse_primaries(primary)
+        except ValueError as error:
+            fail(f"{where}.primary", str(error).removeprefix("flag --primary: "))
+        for p in primaries:
+            masked = [n for n in chosen if arms[n]["rule"] == p.rule and not arms[n]["control"]]
+            if not masked:
+                fail(f"{where}.primary", f"{p} names {p.rule}, which no arm of the regime runs")
+            if not any(arms[n]["rule"] == p.rule and arms[n]["control"] for n in chosen):
+                fail(f"{where}.primary", f"{p}: the regime runs no matched control of {p.rule}")
+            if not any(arms[n]["rule"] == "none" for n in chosen):
+                fail(f"{where}.primary", f"{p}: the regime runs no `none` arm")
+        regimes.append(dict(name=name, flags=flags, arms=chosen, evals=list(dict.fromkeys(evals)),
+                            primary=[str(p) for p in primaries]))
+    notes = plan.get("notes", "")
+    if not isinstance(notes, str):
+        fail("notes", "expected free text")
+    return dict(name=pathlib.Path(path).stem, path=str(path), notes=notes, seeds=seeds,
+                arms=arms, regimes=regimes)
