@@ -18,7 +18,7 @@ A plan (every key but `arms` and `regimes` optional):
 
 `options` and `flags` are train.py flags (`{"augment": true}` is `--augment`, false
 `--noaugment`). Their *names* are checked against the flags train.py defines, read from
-its source without importing TensorFlow, plus `PENDING_FLAGS`; their *values* are
+its source without importing TensorFlow; their *values* are
 train.py's business (it fails at once on a bad one). With `controls: true` the control of
 masked arm `NAME` is the arm `NAME-control`, run wherever `NAME` runs.
 
@@ -36,10 +36,6 @@ from eval.arms import MAX_PRIMARIES, UNMASKED, parse_primaries
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PLANS = pathlib.Path(__file__).resolve().parent / "plans"
-# Flags of train.py being added on another branch (METHOD.md section 6); accepted here so
-# that a plan may name them before they land. Remove each once train.py defines it.
-PENDING_FLAGS = {"label_noise", "validation_fraction", "examples_per_class", "lr_schedule",
-                 "momentum"}
 # Set by the study for every run: never by a plan.
 STUDY_FLAGS = {"mask_rule", "mask_control", "seed", "output_dir", "overwrite", "dataset",
                "model", "data_dir"}
@@ -129,7 +125,7 @@ def check(plan, path="<plan>"):
 
     from gradmask_tf.ops import RULES  # the op module alone: no TensorFlow model
 
-    valid_flags = train_flag_names() | PENDING_FLAGS
+    valid_flags = train_flag_names()
     known("plan", plan, _PLAN_KEYS)
     for key in ("arms", "regimes"):
         if key not in plan:

@@ -217,7 +217,7 @@ def test_a_bad_plan_file_fails_in_one_line_naming_the_key(tmp_path, change, name
     assert "\n" not in message and message.startswith(f"plan {path}: ")
 
 
-def test_a_plan_accepts_the_pending_train_flags_and_writes_bools_as_flags():
+def test_a_plan_accepts_the_regime_train_flags_and_writes_bools_as_flags():
     from eval import plans
 
     plan = _edit(lambda p: p["regimes"][0].update(
