@@ -113,6 +113,13 @@ def check(plan, path="<plan>"):
         if unknown:
             fail(f"{where}.{unknown[0]}", f"unknown key; valid: {', '.join(sorted(keys))}")
 
+    def named(where, mapping):
+        """The `name` of an arm or regime, checked."""
+        name = mapping.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            fail(f"{where}.name", f"expected a name of letters, digits, _.+-, received {name!r}")
+        return name
+
     def check_flags(where, values):
         if not isinstance(values, dict):
             fail(where, "expected an object of train.py flags")
@@ -148,9 +155,7 @@ def check(plan, path="<plan>"):
     for index, arm in enumerate(plan["arms"]):
         where = f"arms[{index}]"
         known(where, arm, _ARM_KEYS)
-        name = arm.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
-            fail(f"{where}.name", f"expected a name of letters, digits, _.+-, received {name!r}")
+        name = named(where, arm)
         rule = arm.get("rule")
         if rule not in RULES:
             fail(f"{where}.rule", f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
@@ -173,9 +178,7 @@ def check(plan, path="<plan>"):
     for index, regime in enumerate(plan["regimes"]):
         where = f"regimes[{index}]"
         known(where, regime, _REGIME_KEYS)
-        name = regime.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
-            fail(f"{where}.name", f"expected a name of letters, digits, _.+-, received {name!r}")
+        name = named(where, regime)
         if name in {r["name"] for r in regimes}:
             fail(f"{where}.name", f"regime {name!r} is given twice")
         flags = check_flags(f"{where}.flags", regime.get("flags", {}))
