@@ -443,10 +443,8 @@ def load_data(jit_compile, initial_epoch):
     regime = validation_data = train_eval_data = None
     try:
         info = data.info(FLAGS.dataset, data_dir=FLAGS.data_dir)
-        test_data = data.load(
-            FLAGS.dataset,
+        test_data = load_split(
             "test",
-            data_dir=FLAGS.data_dir,
             max_examples=FLAGS.max_test_examples or None,
             batch_size=FLAGS.batch_size,
         )
@@ -462,23 +460,16 @@ def load_data(jit_compile, initial_epoch):
                 label_noise=FLAGS.label_noise,
             )
             subset = {"indices": regime.train_indices, "labels": regime.train_labels}
-            train_eval_data = data.load(
-                FLAGS.dataset, "train", data_dir=FLAGS.data_dir,
-                batch_size=FLAGS.batch_size, **subset,
-            )
+            train_eval_data = load_split("train", batch_size=FLAGS.batch_size, **subset)
             if len(regime.validation_indices):
-                validation_data = data.load(
-                    FLAGS.dataset,
+                validation_data = load_split(
                     "train",
-                    data_dir=FLAGS.data_dir,
                     indices=regime.validation_indices,
                     labels=regime.validation_labels,
                     batch_size=FLAGS.batch_size,
                 )
-        train_data = data.load(
-            FLAGS.dataset,
+        train_data = load_split(
             "train",
-            data_dir=FLAGS.data_dir,
             **subset,
             shuffle=True,
             seed=FLAGS.seed,
@@ -498,9 +489,8 @@ def load_data(jit_compile, initial_epoch):
     elif info.num_train is not None:
         num_train = min(info.num_train, FLAGS.max_train_examples or info.num_train)
     else:  # unknown without reading it: count one epoch's examples
-        num_train = sum(1 for _ in data.load(
-            FLAGS.dataset, "train", data_dir=FLAGS.data_dir,
-            max_examples=FLAGS.max_train_examples or None))
+        examples = load_split("train", max_examples=FLAGS.max_train_examples or None)
+        num_train = sum(1 for _ in examples)
     if multi_worker or jit_compile:
         steps_per_epoch = num_train // FLAGS.batch_size
     else:
@@ -516,13 +506,14 @@ def load_data(jit_compile, initial_epoch):
     )
 
 
+def load_split(split, **options):
+    """`data.load` of the run's dataset: `split` with `options`."""
+    return data.load(FLAGS.dataset, split, data_dir=FLAGS.data_dir, **options)
+
+
 def gsnr_probe():
     """A fixed probe: the first examples of the training split, in their order."""
-    return data.as_numpy(
-        data.load(
-            FLAGS.dataset, "train", data_dir=FLAGS.data_dir, max_examples=GSNR_PROBE_EXAMPLES
-        )
-    )
+    return data.as_numpy(load_split("train", max_examples=GSNR_PROBE_EXAMPLES))
 
 
 # The model ----------------------------------------------------------------------------
