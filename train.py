@@ -141,7 +141,8 @@ flags.DEFINE_string(
     "Run directory. Defaults to runs/<dataset>-<model>-<rule>[-control]-seed<seed>.",
 )
 flags.DEFINE_integer(
-    "max_train_examples", 0, "Use the first N training examples (0 = all).", lower_bound=0
+    "max_train_examples", 0,
+    "Train on N training examples drawn with the run's seed (0 = all).", lower_bound=0
 )
 flags.DEFINE_integer(
     "max_test_examples", 0, "Evaluate on the first N test examples (0 = all).", lower_bound=0
@@ -296,8 +297,9 @@ def check_regime_flags():
 
 
 def uses_regime():
-    """Whether the data steps of METHOD.md section 6 go beyond the first N examples."""
-    return bool(FLAGS.examples_per_class or FLAGS.validation_fraction or FLAGS.label_noise)
+    """Whether the data steps of METHOD.md section 6 apply (a subset, a hold-out, noise)."""
+    return bool(FLAGS.max_train_examples or FLAGS.examples_per_class
+                or FLAGS.validation_fraction or FLAGS.label_noise)
 
 
 def evaluates_each_epoch():

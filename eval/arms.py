@@ -11,6 +11,7 @@ declared before the runs, at most three per regime; only primaries get a verdict
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 
@@ -142,14 +143,47 @@ def paired(arm, other, metric):
 
 @dataclasses.dataclass(frozen=True)
 class Primary:
-    """A primary comparison declared before the runs: a rule, a metric, a direction."""
+    """A primary comparison declared before the runs: a rule, a metric, a direction.
+
+    `where` narrows the rule to the arm whose flags have these values (a study with
+    several arms of one rule, e.g. two placements and two optimizers); `name` is the
+    arm's name in a plan, shown in the report. Written `rule[flag=value;...]:metric:
+    direction` on the command line.
+    """
 
     rule: str
     metric: str
     direction: str  # which is better: "higher" or "lower"
+    where: tuple = ()  # ((flag, value), ...): the arm's flags
+    name: str = None
 
     def __str__(self):
-        return f"{self.rule}:{self.metric}:{self.direction}"
+        return f"{self.name or self.subject}:{self.metric}:{self.direction}"
+
+    @property
+    def subject(self):
+        """The rule, with the flags that narrow it: `mean[optimizer=sgd]`."""
+        if not self.where:
+            return self.rule
+        return f"{self.rule}[{';'.join(f'{k}={_text(v)}' for k, v in self.where)}]"
+
+    def selects(self, arm):
+        """Whether `arm` is this primary's masked arm."""
+        return arm.masked and arm.rule == self.rule and all(
+            same_value(arm.configuration.get(flag), value) for flag, value in self.where
+        )
+
+
+def _text(value):
+    return value.lower() if isinstance(value, str) else json.dumps(value).lower()
+
+
+def same_value(a, b):
+    """Whether two flag values match: `True` and `"true"`, `1`, `1.0` and `"1.0"` do."""
+    try:
+        return float(a) == float(b) and not isinstance(a, bool) and not isinstance(b, bool)
+    except (TypeError, ValueError):
+        return _text(a) == _text(b)
 
 
 def parse_primaries(values):
@@ -161,21 +195,16 @@ def parse_primaries(values):
     from gradmask_tf.ops import RULES
 
     masked = [rule for rule in RULES if rule not in UNMASKED]
-    values = [str(value) for value in values]
+    values = list(values)
     if len(values) > MAX_PRIMARIES:
         raise ValueError(
             f"flag --primary: at most {MAX_PRIMARIES} primary comparisons per regime "
-            f"(METHOD.md section 5); received {len(values)}: {','.join(values)}"
+            f"(METHOD.md section 5); received {len(values)}: {','.join(map(str, values))}"
         )
     primaries = []
     for value in values:
-        parts = [part.strip() for part in value.split(":")]
-        if len(parts) != 3 or not all(parts):
-            raise ValueError(
-                "flag --primary: expected rule:metric:direction, e.g. "
-                f"mean:test_accuracy:higher; received {value!r}"
-            )
-        primary = Primary(*parts)
+        primary = value if isinstance(value, Primary) else _parse_primary(str(value))
+        value = str(value)
         if primary.rule not in masked:
             raise ValueError(
                 f"flag --primary: {primary.rule!r} in {value!r} is not a masked rule; "
@@ -186,10 +215,33 @@ def parse_primaries(values):
                 f"flag --primary: direction {primary.direction!r} in {value!r}; expected "
                 f"{' or '.join(stats.DIRECTIONS)} (which is better)"
             )
-        if any((p.rule, p.metric) == (primary.rule, primary.metric) for p in primaries):
-            raise ValueError(f"flag --primary: {primary.rule}:{primary.metric} is given twice")
+        if any((p.subject, p.metric) == (primary.subject, primary.metric) for p in primaries):
+            raise ValueError(f"flag --primary: {primary.subject}:{primary.metric} is given twice")
         primaries.append(primary)
     return primaries
+
+
+_SUBJECT = re.compile(r"^([^\[\]]+)(?:\[([^\[\]]*)\])?$")
+
+
+def _parse_primary(value):
+    """`rule:metric:direction` or `rule[flag=value;...]:metric:direction`."""
+    parts = [part.strip() for part in value.split(":")]
+    match = _SUBJECT.match(parts[0]) if parts else None
+    where = []
+    if match and match.group(2) is not None:
+        for item in match.group(2).split(";"):
+            flag, equals, setting = (piece.strip() for piece in item.partition("="))
+            if not (flag and equals and setting):
+                match = None
+                break
+            where.append((flag, setting))
+    if len(parts) != 3 or not all(parts) or not match or (match.group(2) is not None and not where):
+        raise ValueError(
+            "flag --primary: expected rule:metric:direction or rule[flag=value;...]:metric:"
+            f"direction, e.g. mean:test_accuracy:higher; received {value!r}"
+        )
+    return Primary(match.group(1).strip(), parts[1], parts[2], tuple(sorted(where)))
 
 
 def judge_primaries(primaries, arms):
@@ -215,14 +267,14 @@ def judge_primaries(primaries, arms):
 
 def _primary_arms(primary, arms):
     """The rule, `none` and control arms of a primary, or why it cannot be measured."""
-    candidates = [arm for arm in arms if arm.masked and arm.rule == primary.rule]
+    candidates = [arm for arm in arms if primary.selects(arm)]
     if not candidates:
-        return f"not measured: no `{primary.rule}` arm"
+        return f"not measured: no `{primary.subject}` arm"
     if len(candidates) > 1:
         labels = ", ".join(arm.label for arm in candidates)
         return (
-            f"not measured: {len(candidates)} `{primary.rule}` arms ({labels}); "
-            "compare each alone"
+            f"not measured: {len(candidates)} `{primary.subject}` arms ({labels}); "
+            "name one: rule[flag=value;...]"
         )
     (rule,) = candidates
     baseline, control = baseline_of(rule, arms), control_of(rule, arms)

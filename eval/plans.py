@@ -14,7 +14,11 @@ A plan (every key but `arms` and `regimes` optional):
    "regimes": [{"name": "noise", "flags": {"label_noise": 0.4, "epochs": 30},
                 "arms": ["none", "mean-block-sgd"],   # default: every arm
                 "evals": ["quality"],                 # default: every evaluation
-                "primary": ["mean:memorisation:lower"]}]}
+                "primary": ["mean-block-sgd:memorisation:lower"]}]}
+
+A primary is `ARM:metric:direction`, ARM a masked arm of the plan (judged against the
+`none` arm with the same options, mask options aside, and against ARM's control), or
+`rule:metric:direction` where the regime runs one arm of that rule.
 
 `options` and `flags` are train.py flags (`{"augment": true}` is `--augment`, false
 `--noaugment`). Their *names* are checked against the flags train.py defines, read from
@@ -32,7 +36,7 @@ import pathlib
 import re
 
 from eval import EVALUATIONS
-from eval.arms import MAX_PRIMARIES, UNMASKED, parse_primaries
+from eval.arms import MAX_PRIMARIES, UNMASKED, Primary, parse_primaries, same_value
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PLANS = pathlib.Path(__file__).resolve().parent / "plans"
@@ -174,7 +178,7 @@ def check(plan, path="<plan>"):
             arms[entry_name] = entry
     if not isinstance(plan["regimes"], list) or not plan["regimes"]:
         fail("regimes", "expected a non-empty list")
-    regimes = []
+    regimes, primary_of = [], {}
     for index, regime in enumerate(plan["regimes"]):
         where = f"regimes[{index}]"
         known(where, regime, _REGIME_KEYS)
@@ -203,21 +207,65 @@ def check(plan, path="<plan>"):
             fail(f"{where}.primary", f"at most {MAX_PRIMARIES} primaries per regime "
                                      f"(METHOD.md section 5); received {len(primary)}")
         try:
-            primaries = parse_primaries(primary)
+            primaries = parse_primaries(
+                [_arm_primary(value, arms) if isinstance(value, str) else value
+                 for value in primary]
+            )
         except ValueError as error:
             fail(f"{where}.primary", str(error).removeprefix("flag --primary: "))
         for p in primaries:
-            masked = [n for n in chosen if arms[n]["rule"] == p.rule and not arms[n]["control"]]
+            masked = [n for n in chosen if arms[n]["rule"] == p.rule and not arms[n]["control"]
+                      and _has(arms[n], p.where)]
             if not masked:
-                fail(f"{where}.primary", f"{p} names {p.rule}, which no arm of the regime runs")
-            if not any(arms[n]["rule"] == p.rule and arms[n]["control"] for n in chosen):
-                fail(f"{where}.primary", f"{p}: the regime runs no matched control of {p.rule}")
-            if not any(arms[n]["rule"] == "none" for n in chosen):
-                fail(f"{where}.primary", f"{p}: the regime runs no `none` arm")
+                fail(f"{where}.primary", f"{p} names {p.subject}, which no arm of the regime runs")
+            if len(masked) > 1:
+                fail(f"{where}.primary", f"{p} matches {len(masked)} arms ({', '.join(masked)}); "
+                                         "name one arm: ARM:metric:direction")
+            (arm_name,) = masked
+            if f"{arm_name}-control" not in chosen and not any(
+                    arms[n]["control"] and arms[n]["rule"] == p.rule
+                    and arms[n]["options"] == arms[arm_name]["options"] for n in chosen):
+                fail(f"{where}.primary", f"{p}: the regime runs no matched control of {arm_name}")
+            if not any(arms[n]["rule"] == "none" and _baseline_options(arms[n]["options"])
+                       == _baseline_options(arms[arm_name]["options"]) for n in chosen):
+                fail(f"{where}.primary", f"{p}: the regime runs no `none` arm with the options "
+                                         f"of {arm_name} (its mask options aside)")
         regimes.append(dict(name=name, flags=flags, arms=chosen, evals=list(dict.fromkeys(evals)),
                             primary=[str(p) for p in primaries]))
+        primary_of[name] = primaries
     notes = plan.get("notes", "")
     if not isinstance(notes, str):
         fail("notes", "expected free text")
+    _PRIMARIES[str(path)] = primary_of
     return dict(name=pathlib.Path(path).stem, path=str(path), notes=notes, seeds=seeds,
                 arms=arms, regimes=regimes)
+
+
+# The checked primaries of each plan read (`eval.arms.Primary`s, which JSON cannot hold).
+_PRIMARIES = {}
+
+
+def primaries(plan, regime):
+    """The `eval.arms.Primary`s of a checked plan's regime (its `primary` as objects)."""
+    return _PRIMARIES[plan["path"]][regime["name"]]
+
+
+def _arm_primary(value, arms):
+    """`ARM:metric:direction`, ARM a masked arm of the plan, as that arm's `Primary`;
+    anything else is left to `parse_primaries` (`rule:metric:direction`)."""
+    name, _, rest = value.partition(":")
+    arm = arms.get(name.strip())
+    if arm is None or arm["control"] or arm["rule"] in UNMASKED or rest.count(":") != 1:
+        return value
+    metric, direction = (part.strip() for part in rest.split(":"))
+    return Primary(arm["rule"], metric, direction, tuple(sorted(arm["options"].items())),
+                   name=name.strip())
+
+
+def _has(arm, where):
+    options = arm["options"]
+    return all(flag in options and same_value(options[flag], value) for flag, value in where)
+
+
+def _baseline_options(options):
+    return {k: v for k, v in options.items() if not k.startswith("mask_")}

@@ -62,7 +62,7 @@ flags.DEFINE_list(
 )
 flags.DEFINE_integer("seeds", 5, "Seeds per arm (0, 1, ...).", lower_bound=1)
 flags.DEFINE_integer("epochs", 10, "Training epochs of every run.", lower_bound=1)
-flags.DEFINE_integer("max_train_examples", 0, "First N training examples (0 = all).", lower_bound=0)
+flags.DEFINE_integer("max_train_examples", 0, "N training examples, drawn with each seed (0 = all).", lower_bound=0)
 flags.DEFINE_integer("max_test_examples", 0, "First N test examples for test accuracy (0 = all).", lower_bound=0)
 flags.DEFINE_integer("eval_examples", 1000, "First N test examples for attacks and pruning.", lower_bound=1)
 flags.DEFINE_integer("gsnr_every", 100, "GSNR logged every N training steps (0 = off).", lower_bound=0)
@@ -320,10 +320,12 @@ def _regimes(options):
             for arm in regime["arms"]
             for seed in plan["seeds"]
         ]
+        from eval import plans
+
         regimes.append(dict(
             name=regime["name"], directory=directory / regime["name"],
             results=results_dir / regime["name"] if results_dir else None,
-            evals=regime["evals"], primary=regime["primary"], jobs=jobs,
+            evals=regime["evals"], primary=plans.primaries(plan, regime), jobs=jobs,
         ))
     return regimes
 
@@ -340,7 +342,7 @@ def _index(options, regimes):
         flags_text = " ".join(f"`{a}`" for a in _flag_text(declared["flags"])) or "(defaults)"
         lines.append(
             f"| {regime['name']} | {flags_text} | {', '.join(declared['arms'])} | "
-            f"{', '.join(f'`{p}`' for p in regime['primary']) or '(none)'} | "
+            f"{', '.join(f'`{p}`' for p in declared['primary']) or '(none)'} | "
             f"[{regime['name']}/report.md]({regime['name']}/report.md) |"
         )
     from gradmask_tf import runs

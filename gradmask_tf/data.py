@@ -798,8 +798,8 @@ def regime(
 ):
     """The data steps of METHOD.md section 6, in order, from the labels of a split.
 
-    (1) the subset: the first `max_examples`, or `examples_per_class` drawn per class
-    (balanced); (2) the validation hold-out: `validation_fraction` of the subset,
+    (1) the subset: `max_examples` drawn uniformly without replacement, or
+    `examples_per_class` drawn per class (balanced); (2) the validation hold-out: `validation_fraction` of the subset,
     stratified by class (round(fraction * n) in all); (3) the label noise: exactly
     round(label_noise * n) examples of each part get a uniformly drawn different label.
     Each step draws from its own stream keyed by `seed` alone. Plain NumPy.
@@ -808,7 +808,8 @@ def regime(
         labels: Integer labels of the whole original training split.
         num_classes: Number of label values.
         seed: The run's seed.
-        max_examples: Keep the first N (0: all). Exclusive with `examples_per_class`.
+        max_examples: Draw N (0, or N at least the split's size: all). Exclusive with
+            `examples_per_class`.
         examples_per_class: Draw N of each class (0: off).
         validation_fraction: Share of the subset held out, in [0, 1).
         label_noise: Share of each part relabelled, in [0, 1).
@@ -840,8 +841,11 @@ def regime(
                 )
             chosen.append(subset_rng.choice(members, size=examples_per_class, replace=False))
         subset = np.sort(np.concatenate(chosen))
+    elif max_examples and max_examples < len(labels):
+        subset_rng = _stream(seed, _SUBSET_DRAWS)
+        subset = np.sort(subset_rng.choice(len(labels), size=max_examples, replace=False))
     else:
-        subset = np.arange(min(max_examples, len(labels)) if max_examples else len(labels))
+        subset = np.arange(len(labels))
     # (2) The validation hold-out, stratified.
     held_out = np.zeros(len(subset), bool)
     if validation_fraction:

@@ -164,6 +164,15 @@ def test_arms_of_one_rule_are_told_apart_and_paired_with_their_own_control(tmp_p
             0.01 if "1.0" in arm.label else -0.01, abs=1e-3)
     text = compare.report(loaded, tmp_path / "report", ["mean:test_accuracy:higher"])
     assert "not measured: 2 `mean` arms" in text
+    # A primary naming one arm by its flags is judged against that arm's own control.
+    text = compare.report(loaded, tmp_path / "report", [
+        "mean[mask_alpha=2.0]:test_accuracy:lower", "mean[mask_alpha=3]:test_accuracy:higher"])
+    row = _verdict_row(text, "mean[mask_alpha=2.0]:test_accuracy:lower")
+    assert "not measured" not in row and "| 2 / 2 |" in row
+    assert "not measured: no `mean[mask_alpha=3]` arm" in text
+    named = arms.Primary("mean", "test_accuracy", "higher", (("mask_alpha", 1),), name="mean-a1")
+    assert str(named) == "mean-a1:test_accuracy:higher"
+    assert [a.label for a in found if named.selects(a)] == ["mean (mask_alpha=1.0)"]
 
 
 @pytest.mark.parametrize(
@@ -176,6 +185,8 @@ def test_arms_of_one_rule_are_told_apart_and_paired_with_their_own_control(tmp_p
         ("random:test_accuracy:higher", "not a masked rule"),
         ("none:test_accuracy:higher", "not a masked rule"),
         ("mean:test_accuracy:higher,mean:test_accuracy:lower", "given twice"),
+        ("mean[mask_alpha]:test_accuracy:higher", "rule[flag=value;...]:metric:direction"),
+        ("mean[]:test_accuracy:higher", "rule[flag=value;...]:metric:direction"),
     ],
 )
 def test_bad_primaries_fail_in_one_line(tmp_path, capsys, primary, named):

@@ -437,8 +437,8 @@ def test_regime_flips_exactly_round_q_n_per_part_each_to_another_label():
     regime = _regime(max_examples=333, validation_fraction=0.15, label_noise=0.37)
     n_train, n_validation = len(regime.train_indices), len(regime.validation_indices)
     assert n_validation == round(0.15 * 333) and n_train == 333 - n_validation
-    np.testing.assert_array_equal(np.sort(np.concatenate(
-        [regime.train_indices, regime.validation_indices])), np.arange(333))
+    subset = np.sort(np.concatenate([regime.train_indices, regime.validation_indices]))
+    assert len(set(subset)) == 333 and subset.max() < len(REGIME_LABELS)
     for labels, true in ((regime.train_labels, regime.train_true_labels),
                          (regime.validation_labels, regime.validation_true_labels)):
         assert np.sum(labels != true) == round(0.37 * len(true))
@@ -451,6 +451,19 @@ def test_regime_flips_exactly_round_q_n_per_part_each_to_another_label():
     # Symmetric noise: the new labels cover every other class.
     big = _regime(label_noise=0.5)
     assert set(big.train_labels[big.train_flipped]) == set(range(10))
+
+
+def test_regime_max_examples_is_a_seeded_uniform_draw():
+    draws = [_regime(max_examples=100, seed=seed).train_indices for seed in (3, 3, 4)]
+    np.testing.assert_array_equal(draws[0], draws[1])
+    assert not np.array_equal(draws[0], draws[2])
+    assert len(set(draws[0])) == 100 and np.all(np.diff(draws[0]) > 0)
+    assert not np.array_equal(draws[0], np.arange(100)), "a draw, not the first N"
+    # Reaching past the first 100: drawn from the whole split.
+    assert draws[0].max() > len(REGIME_LABELS) // 2
+    np.testing.assert_array_equal(
+        _regime(max_examples=len(REGIME_LABELS) + 5).train_indices, np.arange(len(REGIME_LABELS))
+    )
 
 
 def test_regime_steps_in_order_each_its_own_stream():

@@ -204,6 +204,13 @@ def _edit(change):
         (lambda p: p.update(seeds=0), "seeds: expected a count"),
         (lambda p: p.pop("regimes"), "regimes: missing"),
         (lambda p: p["arms"].append({"name": "mean", "rule": "local"}), "given twice"),
+        (lambda p: p["arms"].append({"name": "mean-b", "rule": "mean",
+                                     "options": {"mask_placement": "block"}}),
+         r"mean:test_accuracy:higher matches 2 arms \(mean, mean-b\); name one arm"),
+        (lambda p: (p["arms"].append({"name": "mean-sgd", "rule": "mean",
+                                      "options": {"optimizer": "sgd"}}),
+                    p["regimes"][0].update(primary=["mean-sgd:test_accuracy:higher"])),
+         "no `none` arm with the options of mean-sgd"),
     ],
 )
 def test_a_bad_plan_file_fails_in_one_line_naming_the_key(tmp_path, change, named):
@@ -215,6 +222,21 @@ def test_a_bad_plan_file_fails_in_one_line_naming_the_key(tmp_path, change, name
         plans.load(str(path))
     message = str(caught.value)
     assert "\n" not in message and message.startswith(f"plan {path}: ")
+
+
+def test_a_plan_primary_may_name_an_arm():
+    from eval import plans
+
+    plan = _edit(lambda p: (
+        p["arms"].extend([{"name": "none-sgd", "rule": "none", "options": {"optimizer": "sgd"}},
+                          {"name": "mean-sgd", "rule": "mean", "options": {"optimizer": "sgd"}}]),
+        p["regimes"][0].update(primary=["mean-sgd:memorisation:lower"])))
+    checked = plans.check(plan, "named.json")
+    (primary,) = plans.primaries(checked, checked["regimes"][0])
+    assert checked["regimes"][0]["primary"] == ["mean-sgd:memorisation:lower"]
+    assert (primary.rule, primary.metric, primary.direction, primary.where) == (
+        "mean", "memorisation", "lower", (("optimizer", "sgd"),))
+    assert primary.subject == "mean[optimizer=sgd]"
 
 
 def test_a_plan_accepts_the_regime_train_flags_and_writes_bools_as_flags():
