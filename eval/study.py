@@ -74,6 +74,11 @@ flags.DEFINE_string(
     "seeds; see eval/plans.py). --rules, --controls and --primary do not apply; --seeds, "
     "--epochs, --evals, --max_*_examples and --train_flags, when given, override the plan.",
 )
+flags.DEFINE_list(
+    "regimes", [],
+    "With --plan: run only these of its regimes (default: all), e.g. to split a plan over "
+    "machines that share --results_dir.",
+)
 flags.DEFINE_string(
     "results_dir", None,
     "Where each run's small result files (config.json, metrics.json, history.csv, eval/*) "
@@ -128,6 +133,7 @@ def plan_settings():
             overrides[name] = FLAGS[name].value
         elif FLAGS.quick and name in QUICK:
             overrides[name] = QUICK[name]
+            values.setdefault("quick_overrides", []).append(name)
     values["overrides"] = overrides
     if FLAGS["seeds"].present:
         plan["seeds"] = list(range(FLAGS.seeds))
@@ -143,6 +149,15 @@ def plan_settings():
             )
         for regime in plan["regimes"]:
             regime["evals"] = list(dict.fromkeys(FLAGS.evals))
+    if FLAGS.regimes:
+        names = [regime["name"] for regime in plan["regimes"]]
+        unknown = [name for name in FLAGS.regimes if name not in names]
+        if unknown:
+            raise ValueError(
+                f"flag --regimes: no regime {', '.join(unknown)} in plan {plan['name']}; "
+                f"its regimes: {', '.join(names)}"
+            )
+        plan["regimes"] = [r for r in plan["regimes"] if r["name"] in FLAGS.regimes]
     values["plan"] = plan
     suffix = "-quick" if FLAGS.quick else ""
     values["output_dir"] = pathlib.Path(FLAGS.output_dir or f"studies/{plan['name']}{suffix}")
@@ -255,6 +270,9 @@ def plan_train_command(options, run_dir, arm, regime, seed):
     overrides = dict(options["overrides"])
     if "examples_per_class" in chosen:  # the subset is the regime's
         overrides.pop("max_train_examples", None)
+    for name in options.get("quick_overrides", ()):  # --quick shrinks, never enlarges
+        if chosen.get(name) and name in overrides and chosen[name] < overrides[name]:
+            overrides.pop(name)
     command = [
         sys.executable, str(ROOT / "train.py"),
         f"--dataset={options['dataset']}", f"--model={options['model']}",
