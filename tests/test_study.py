@@ -109,6 +109,32 @@ def test_the_plan_lists_masked_rules_once_and_none_runs_anyway():
     assert options["primary"] == [] and options["evals"] == [] and not options["controls"]
 
 
+def _plan_settings(*args):
+    from eval import study
+
+    study.FLAGS(["study", *args])
+    try:
+        return study.plan_settings()
+    finally:
+        study.FLAGS.unparse_flags()
+
+
+def test_regimes_picks_some_of_a_plan_and_quick_never_enlarges_a_regime():
+    from eval import study
+
+    options = _plan_settings("--plan=regimes", "--regimes=small-data,label-noise", "--quick")
+    assert [r["name"] for r in options["plan"]["regimes"]] == ["label-noise", "small-data"]
+    options["results_dir"] = None
+    noisy = study._regimes(options)[0]
+    command = noisy["jobs"][0][2]("RUN")
+    # The regime's 4,000 examples stay (--quick would take 10,000); its epochs shrink to 2.
+    assert "--max_train_examples=10000" not in command and "--max_train_examples=4000" in command
+    assert command.index("--epochs=2") > command.index("--epochs=30")
+    with pytest.raises(ValueError, match=r"flag --regimes: no regime bogus in plan regimes; "
+                                         r"its regimes: label-noise, small-data, clean"):
+        _plan_settings("--plan=regimes", "--regimes=bogus")
+
+
 def _tiny_plan():
     return {
         "notes": "test plan",
