@@ -307,6 +307,18 @@ def copy_results(run_dir, results):
             shutil.copy2(path, results / "eval" / path.name)
 
 
+def copy_report(directory, results, figures=True):
+    """Copies a report (`report.md` and, with `figures`, its figures) beside the results,
+    so that the committed results carry the report they rebuild."""
+    import shutil
+
+    results.mkdir(parents=True, exist_ok=True)
+    for path in [directory / "report.md", *(sorted(directory.glob("*.png")) if figures else [])]:
+        if path.is_file():
+            shutil.copy2(path, results / f".{path.name}.tmp")
+            (results / f".{path.name}.tmp").replace(results / path.name)
+
+
 def _regimes(options):
     """`[{"name", "directory", "results", "evals", "primary", "jobs"}]`, each job
     `(what, name, command(run_dir))`; without a plan, one regime: the study itself."""
@@ -436,9 +448,13 @@ def main(argv):
         ]
         compare.report([compare.load_run(path) for path in sources], regime["directory"],
                        regime["primary"])
+        if regime["results"] is not None:
+            copy_report(regime["directory"], regime["results"])
     if options.get("plan"):
         progress.step("index")
         _index(options, regimes)
+        if options["results_dir"] is not None and not FLAGS.regimes:
+            copy_report(directory, options["results_dir"], figures=False)
     record = directory / "study.json"
     previous = runs.read_json(record) if record.is_file() else {}
     runs.atomic_write_json(

@@ -167,6 +167,10 @@ def test_a_plan_runs_every_regime_and_rebuilds_from_its_results(tmp_path, idx_di
             assert sorted(p.name for p in stored.iterdir() if p.is_file()) == [
                 "config.json", "history.csv", "metrics.json"]
         assert (directory / regime / "report.md").is_file()
+        # The report travels with the results it was built from.
+        assert (results / regime / "report.md").read_bytes() == (
+            directory / regime / "report.md").read_bytes()
+    assert (results / "report.md").is_file() and not list(results.rglob("*.tmp"))
     flags = json.loads((directory / "fast" / "runs" / "mean-seed0" / "config.json").read_text())
     assert flags["flags"]["learning_rate"] == 0.01 and flags["flags"]["epochs"] == 1
     assert [p.name for p in (results / "clean" / "mean-seed0" / "eval").iterdir()] == [
