@@ -162,9 +162,10 @@ def settings():
 def fine_tune_options(config, options):
     """The pruning fine-tune as the run trained: its `config.json` flags translated.
 
-    The run's optimizer, batch size, seed and mask flags (`mask_rule`, `mask_scope`,
-    ... for each `gradmask_tf.ops.MaskConfig` field), a tenth of its learning rate,
-    and this command's `--fine_tune_*`.
+    The run's optimizer (and momentum), batch size, seed and mask flags (`mask_rule`,
+    `mask_scope`, ... for each `gradmask_tf.ops.MaskConfig` field), a tenth of its
+    learning rate, constant (a run's `--lr_schedule` is not replayed: the fine-tune is
+    short), and this command's `--fine_tune_*`.
     """
     from eval import pruning
     from gradmask_tf import ops
@@ -175,6 +176,7 @@ def fine_tune_options(config, options):
     return pruning.FineTune(
         optimizer=config["optimizer"],
         learning_rate=config["learning_rate"] / 10,
+        momentum=config.get("momentum", 0.9),
         batch_size=config["batch_size"],
         epochs=options["fine_tune_epochs"],
         num_examples=options["fine_tune_examples"] or None,

@@ -49,9 +49,10 @@ class FineTune:
     """How each pruned model is fine-tuned: the run's own training, briefly.
 
     Attributes:
-      optimizer: A name from `gradmask_tf.optimizers.OPTIMIZERS` (`sgd` with
-        momentum 0.9). Defaults to `"adam"`.
-      learning_rate: Defaults to 1e-4 (a tenth of train.py's default).
+      optimizer: A name from `gradmask_tf.optimizers.OPTIMIZERS`. Defaults to `"adam"`.
+      learning_rate: Constant over the fine-tune. Defaults to 1e-4 (a tenth of
+        train.py's default).
+      momentum: `sgd`'s momentum, in [0, 1). Defaults to 0.9 (train.py's default).
       batch_size: Defaults to 128.
       epochs: Passes over the fine-tuning examples, >= 1. Defaults to 1.
       num_examples: Use the first N pairs of the training data; None for all (then
@@ -65,6 +66,7 @@ class FineTune:
 
     optimizer: str = "adam"
     learning_rate: float = 1e-4
+    momentum: float = 0.9
     batch_size: int = 128
     epochs: int = 1
     num_examples: int | None = None
@@ -76,6 +78,8 @@ class FineTune:
         object.__setattr__(
             self, "learning_rate", checks.positive_float("learning_rate", self.learning_rate)
         )
+        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
+            raise invalid("momentum", "a number in [0, 1)", self.momentum)
         checks.integer("batch_size", self.batch_size)
         checks.integer("epochs", self.epochs)
         if self.num_examples is not None:
@@ -187,6 +191,7 @@ def _fine_tune_settings(fine_tune, num_examples, schedule, mask_rules):
         "fine_tune_steps": schedule.get("steps", 0),
         "optimizer": fine_tune.optimizer if fine_tune else None,
         "learning_rate": fine_tune.learning_rate if fine_tune else None,
+        "momentum": fine_tune.momentum if fine_tune and fine_tune.optimizer == "sgd" else None,
         "granularity": "each kernel pruned to the target by weight magnitude; "
                        "biases, BatchNorm and normalization not pruned",
         "schedule": {
@@ -341,7 +346,8 @@ def prune_fine_tuned(twin, sparsity, train_data, fine_tune):
     pruned = wrap_for_pruning(twin, schedule)
     pruned.compile(
         optimizer=make_optimizer(
-            fine_tune.optimizer, fine_tune.learning_rate, keras_module=legacy.keras
+            fine_tune.optimizer, fine_tune.learning_rate, momentum=fine_tune.momentum,
+            keras_module=legacy.keras
         ),
         loss=legacy.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=False,

@@ -314,11 +314,23 @@ def test_invalid_arguments_are_refused(cnn, images, labels, kwargs, match):
         (dict(learning_rate=-1.0), "learning_rate=-1.0"),
         (dict(optimizer="adagrad"), "optimizer='adagrad'"),
         (dict(mask_config={"rule": "mean"}), "mask_config"),
+        (dict(momentum=1.0), "momentum=1.0"),
     ],
 )
 def test_invalid_fine_tune_options_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         pruning.FineTune(**kwargs)
+
+
+def test_the_fine_tune_takes_the_runs_optimizer_and_momentum():
+    from eval.__main__ import fine_tune_options
+
+    config = {"optimizer": "sgd", "momentum": 0.5, "learning_rate": 0.05, "batch_size": 64,
+              "seed": 3, "mask_rule": "mean", "mask_control": True}
+    fine_tune = fine_tune_options(config, {"fine_tune_epochs": 1, "fine_tune_examples": 0})
+    assert (fine_tune.optimizer, fine_tune.momentum, fine_tune.batch_size) == ("sgd", 0.5, 64)
+    assert fine_tune.learning_rate == pytest.approx(0.005)
+    assert fine_tune.mask_config.control and fine_tune.mask_config.rule == "mean"
 
 
 def test_invalid_data_is_refused(cnn, images, labels):
