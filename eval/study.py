@@ -347,8 +347,10 @@ def _regimes(options):
             (f"{regime['name']}: {arm}, seed {seed}", f"{arm}-seed{seed}",
              lambda run_dir, a=plan["arms"][arm], g=regime, s=seed:
              plan_train_command(options, run_dir, a, g, s))
-            for arm in regime["arms"]
+            # Seed by seed: a study stopped part-way leaves every arm paired on its
+            # first seeds, not some arms whole and others missing.
             for seed in plan["seeds"]
+            for arm in regime["arms"]
         ]
         from eval import plans
 
