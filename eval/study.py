@@ -87,6 +87,9 @@ flags.DEFINE_string(
 )
 
 QUICK = dict(seeds=1, epochs=2, max_train_examples=10000, eval_examples=500)
+# A plan's --quick (every regime, tiny: a pipeline check of a study of dozens of arms):
+# one epoch on 2,000 examples, the evaluations at their smoke settings.
+QUICK_PLAN = dict(epochs=1, max_train_examples=2000)
 
 
 def settings():
@@ -131,16 +134,16 @@ def plan_settings():
     for name in ("epochs", "max_train_examples", "max_test_examples"):
         if FLAGS[name].present:
             overrides[name] = FLAGS[name].value
-        elif FLAGS.quick and name in QUICK:
-            overrides[name] = QUICK[name]
+        elif FLAGS.quick and name in QUICK_PLAN:
+            overrides[name] = QUICK_PLAN[name]
             values.setdefault("quick_overrides", []).append(name)
     values["overrides"] = overrides
     if FLAGS["seeds"].present:
         plan["seeds"] = list(range(FLAGS.seeds))
     elif FLAGS.quick:
         plan["seeds"] = plan["seeds"][:1]
-    if FLAGS.quick and not FLAGS["eval_examples"].present:
-        values["eval_examples"] = QUICK["eval_examples"]
+    if FLAGS.quick:
+        values["smoke"] = True
     if FLAGS["evals"].present:
         unknown = [name for name in FLAGS.evals if name not in EVALUATIONS]
         if unknown:

@@ -119,7 +119,7 @@ def _plan_settings(*args):
         study.FLAGS.unparse_flags()
 
 
-def test_regimes_picks_some_of_a_plan_and_quick_never_enlarges_a_regime():
+def test_regimes_picks_some_of_a_plan_and_quick_shrinks_but_never_enlarges_a_regime():
     from eval import study
 
     options = _plan_settings("--plan=regimes", "--regimes=small-data,label-noise", "--quick")
@@ -127,9 +127,14 @@ def test_regimes_picks_some_of_a_plan_and_quick_never_enlarges_a_regime():
     options["results_dir"] = None
     noisy = study._regimes(options)[0]
     command = noisy["jobs"][0][2]("RUN")
-    # The regime's 4,000 examples stay (--quick would take 10,000); its epochs shrink to 2.
-    assert "--max_train_examples=10000" not in command and "--max_train_examples=4000" in command
-    assert command.index("--epochs=2") > command.index("--epochs=30")
+    # --quick takes 2,000 examples and 1 epoch, the evaluations at their smoke settings.
+    assert command.index("--max_train_examples=2000") > command.index("--max_train_examples=4000")
+    assert command.index("--epochs=1") > command.index("--epochs=30")
+    assert "--smoke" in study.eval_command(options, "RUN", ["quality"])
+    # A regime whose own subset is smaller keeps it.
+    options["plan"]["regimes"][0]["flags"]["max_train_examples"] = 500
+    command = study._regimes(options)[0]["jobs"][0][2]("RUN")
+    assert "--max_train_examples=500" in command and "--max_train_examples=2000" not in command
     with pytest.raises(ValueError, match=r"flag --regimes: no regime bogus in plan regimes; "
                                          r"its regimes: label-noise, small-data, clean"):
         _plan_settings("--plan=regimes", "--regimes=bogus")
