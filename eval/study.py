@@ -18,10 +18,12 @@ result files of every run are copied there when it finishes and looked for there
 
 Run it again after an interruption: finished runs and evaluations are skipped, an
 unfinished run resumes after its last finished epoch.
+
+Each run is a `StudyRun` (eval/study_runs.py): train if needed, evaluate what is missing,
+copy the results.
 """
 
 import pathlib
-import subprocess
 import sys
 import time
 
@@ -34,6 +36,9 @@ from absl import app, flags, logging  # noqa: E402
 
 from eval import EVALUATIONS  # noqa: E402
 from eval.arms import UNMASKED, parse_primaries  # noqa: E402
+from eval.study_runs import (  # noqa: E402, F401 (the result names and copy_results: for callers)
+    EVAL_RESULT_PATTERNS, RESULT_FILES, StudyRun, copy_results,
+)
 from gradmask_tf.ops import RULES  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -184,18 +189,6 @@ def _primaries(values):
     return primaries
 
 
-def _run(command, log_path):
-    """Runs a command, its output to a log; raises with the log's tail on failure."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log:
-        log.write(f"\n$ {' '.join(command)}\n")
-        log.flush()
-        result = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        tail = log_path.read_text()[-1500:]
-        raise RuntimeError(f"{' '.join(command[:3])} ... failed (see {log_path}):\n{tail}")
-
-
 def train_command(options, run_dir, rule, control, seed):
     command = [
         sys.executable, str(ROOT / "train.py"),
@@ -211,16 +204,14 @@ def train_command(options, run_dir, rule, control, seed):
     return command
 
 
-def eval_command(options, run_dir, missing):
-    command = [
-        sys.executable, "-m", "eval", f"--run_dir={run_dir}", f"--evals={','.join(missing)}",
-        f"--max_examples={options['eval_examples']}",
-    ]
+def eval_flags(options):
+    """The flags of `python -m eval` beyond the run directory and the evaluations."""
+    flags_ = [f"--max_examples={options['eval_examples']}"]
     if options["smoke"]:
-        command.append("--smoke")
+        flags_.append("--smoke")
     elif options["quick"]:
-        command += ["--fine_tune_examples=2000", "--num_images=8", "--smoothgrad_samples=10"]
-    return command
+        flags_ += ["--fine_tune_examples=2000", "--num_images=8", "--smoothgrad_samples=10"]
+    return flags_
 
 
 class Progress:
@@ -268,32 +259,29 @@ def plan_train_command(options, run_dir, arm, regime, seed):
     return command
 
 
-# The small files of a finished run that a report needs, copied to --results_dir.
-RESULT_FILES = ("config.json", "metrics.json", "history.csv")
-# Evaluation outputs copied beside them: the JSON results and the saliency maps of the
-# report's figure (a few images: small); never models, checkpoints or logs.
-EVAL_RESULT_PATTERNS = ("*.json", "saliency_maps.npz")
+def _regimes(options, env=None):
+    """`[{"name", "directory", "results", "evals", "primary", "runs"}]`, each run a
+    `StudyRun`; without a plan, one regime: the study itself.
 
-
-def copy_results(run_dir, results):
-    """Copies a run's small result files to `results` (a run directory of its own)."""
-    import shutil
-
-    results.mkdir(parents=True, exist_ok=True)
-    for name in RESULT_FILES:
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, results / name)
-    for pattern in EVAL_RESULT_PATTERNS:
-        for path in sorted((run_dir / "eval").glob(pattern)):
-            (results / "eval").mkdir(exist_ok=True)
-            shutil.copy2(path, results / "eval" / path.name)
-
-
-def _regimes(options):
-    """`[{"name", "directory", "results", "evals", "primary", "jobs"}]`, each job
-    `(what, name, command(run_dir))`; without a plan, one regime: the study itself."""
+    Args:
+      options: The study's settings (`settings` or `plan_settings`), with `results_dir`.
+      env: Variables set in the environment of every run's commands
+        (`study_runs.thread_environment`).
+    """
     directory, results_dir = options["output_dir"], options["results_dir"]
+    env = tuple(sorted((env or {}).items()))
     plan = options.get("plan")
+
+    def study_run(what, name, regime_directory, results, evals, command):
+        run_dir = regime_directory / "runs" / name
+        return StudyRun(
+            what=what, name=name, run_dir=run_dir,
+            results=results / name if results else None,
+            log=regime_directory / "logs" / f"{name}.log",
+            train_command=tuple(command(run_dir)), evals=tuple(evals),
+            eval_flags=tuple(eval_flags(options)), env=env,
+        )
+
     if plan is None:
         seeds = list(range(options["seeds"]))
         # The baseline, then each masked rule beside its matched control.
@@ -302,30 +290,37 @@ def _regimes(options):
             for rule in options["rules"]
             for control in ((False, True) if options["controls"] else (False,))
         ]
-        jobs = [
-            (f"{rule}{' control' if control else ''}, seed {seed}",
-             f"{rule}{'-control' if control else ''}-seed{seed}",
-             lambda run_dir, r=rule, c=control, s=seed: train_command(options, run_dir, r, c, s))
+        runs = [
+            study_run(
+                f"{rule}{' control' if control else ''}, seed {seed}",
+                f"{rule}{'-control' if control else ''}-seed{seed}",
+                directory, results_dir, options["evals"],
+                lambda run_dir, r=rule, c=control, s=seed: train_command(options, run_dir, r, c, s),
+            )
             for rule, control in arms
             for seed in seeds
         ]
         return [dict(name=None, directory=directory, results=results_dir,
-                     evals=options["evals"], primary=options["primary"], jobs=jobs)]
+                     evals=options["evals"], primary=options["primary"], runs=runs)]
+    from eval import plans
+
     regimes = []
     for regime in plan["regimes"]:
-        jobs = [
-            (f"{regime['name']}: {arm}, seed {seed}", f"{arm}-seed{seed}",
-             lambda run_dir, a=plan["arms"][arm], g=regime, s=seed:
-             plan_train_command(options, run_dir, a, g, s))
+        regime_directory = directory / regime["name"]
+        results = results_dir / regime["name"] if results_dir else None
+        runs = [
+            study_run(
+                f"{regime['name']}: {arm}, seed {seed}", f"{arm}-seed{seed}",
+                regime_directory, results, regime["evals"],
+                lambda run_dir, a=plan["arms"][arm], g=regime, s=seed:
+                plan_train_command(options, run_dir, a, g, s),
+            )
             for arm in regime["arms"]
             for seed in plan["seeds"]
         ]
-        from eval import plans
-
         regimes.append(dict(
-            name=regime["name"], directory=directory / regime["name"],
-            results=results_dir / regime["name"] if results_dir else None,
-            evals=regime["evals"], primary=plans.primaries(plan, regime), jobs=jobs,
+            name=regime["name"], directory=regime_directory, results=results,
+            evals=regime["evals"], primary=plans.primaries(plan, regime), runs=runs,
         ))
     return regimes
 
@@ -356,6 +351,24 @@ def _flag_text(values):
     return plans.flag_arguments(values)
 
 
+def _train_and_evaluate(regime, progress):
+    """The local engine, one regime: trains every run, then evaluates each.
+
+    Returns:
+      How many runs train.py trained.
+    """
+    trained = 0
+    for run in regime["runs"]:
+        started = progress.step(f"train {run.what}")
+        needed = run.train()
+        trained += needed
+        progress.finish(started, needed)
+    for run in regime["runs"] if regime["evals"] else ():
+        started = progress.step(f"evaluate {run.what}")
+        progress.finish(started, bool(run.evaluate()))
+    return trained
+
+
 def main(argv):
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
@@ -371,50 +384,19 @@ def main(argv):
     directory = options["output_dir"]
     directory.mkdir(parents=True, exist_ok=True)
     regimes = _regimes(options)
-    total = sum((2 if r["evals"] else 1) * len(r["jobs"]) + 1 for r in regimes)
+    total = sum((2 if r["evals"] else 1) * len(r["runs"]) + 1 for r in regimes)
     progress = Progress(total + (1 if options.get("plan") else 0))
     started_at = time.perf_counter()
     trained = 0
     for regime in regimes:
-        logs = regime["directory"] / "logs"
-        run_dirs = {name: regime["directory"] / "runs" / name for _, name, _ in regime["jobs"]}
-        results = {name: regime["results"] / name if regime["results"] else None
-                   for name in run_dirs}
-
-        def evaluated(name):
-            done = {p.stem for p in (run_dirs[name] / "eval").glob("*.json")}
-            if results[name] is not None:
-                done |= {p.stem for p in (results[name] / "eval").glob("*.json")}
-            return done
-
-        for what, name, command in regime["jobs"]:
-            started = progress.step(f"train {what}")
-            local = (run_dirs[name] / runs.METRICS).is_file()
-            stored = results[name] is not None and (results[name] / runs.METRICS).is_file()
-            missing = [e for e in regime["evals"] if e not in evaluated(name)]
-            # Stored results are enough unless an evaluation is missing (it needs the model).
-            needed = not local and not (stored and not missing)
-            if needed:
-                _run(command(run_dirs[name]), logs / f"{name}.log")
-                trained += 1
-            if results[name] is not None and (needed or (local and not stored)):
-                copy_results(run_dirs[name], results[name])
-            progress.finish(started, needed)
-        for what, name, _ in regime["jobs"] if regime["evals"] else ():
-            started = progress.step(f"evaluate {what}")
-            missing = [e for e in regime["evals"] if e not in evaluated(name)]
-            if missing:
-                _run(eval_command(options, run_dirs[name], missing), logs / f"{name}.log")
-                if results[name] is not None:
-                    copy_results(run_dirs[name], results[name])
-            progress.finish(started, bool(missing))
+        trained += _train_and_evaluate(regime, progress)
         progress.step(f"report{' ' + regime['name'] if regime['name'] else ''}")
         from eval import compare
 
         sources = [
-            results[name] if results[name] is not None and (results[name] / runs.CONFIG).is_file()
-            else run_dirs[name]
-            for name in run_dirs
+            run.results if run.results is not None and (run.results / runs.CONFIG).is_file()
+            else run.run_dir
+            for run in regime["runs"]
         ]
         compare.report([compare.load_run(path) for path in sources], regime["directory"],
                        regime["primary"])
