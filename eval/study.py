@@ -19,8 +19,10 @@ result files of every run are copied there when it finishes and looked for there
 Run it again after an interruption: finished runs and evaluations are skipped, an
 unfinished run resumes after its last finished epoch.
 
-Each run is a `StudyRun` (eval/study_runs.py): train if needed, evaluate what is missing,
-copy the results.
+With `--engine=ray` (eval/ray_engine.py) each (regime, arm, seed) run, with its
+evaluations, is one Ray Tune trial, on an embedded Ray or on a cluster
+(`--ray_address`); a trial whose process dies is retried and resumes. Both engines run a
+run with `StudyRun` (eval/study_runs.py) and write the same files.
 """
 
 import pathlib
@@ -37,7 +39,7 @@ from absl import app, flags, logging  # noqa: E402
 from eval import EVALUATIONS  # noqa: E402
 from eval.arms import UNMASKED, parse_primaries  # noqa: E402
 from eval.study_runs import (  # noqa: E402, F401 (the result names and copy_results: for callers)
-    EVAL_RESULT_PATTERNS, RESULT_FILES, StudyRun, copy_results,
+    EVAL_RESULT_PATTERNS, RESULT_FILES, StudyRun, copy_results, thread_environment,
 )
 from gradmask_tf.ops import RULES  # noqa: E402
 
@@ -85,6 +87,41 @@ flags.DEFINE_string(
     "are copied once it finishes, and looked for first: a run found there is not trained "
     "again, and the reports are built from there.",
 )
+
+flags.DEFINE_enum(
+    "engine", "local", ["local", "ray"],
+    "local: the runs one after another on this machine. ray: each (regime, arm, seed) run, "
+    "with its evaluations, one Ray Tune trial, on a Ray cluster (--ray_address) or an "
+    "embedded Ray on this machine; needs requirements-ray.txt.",
+)
+flags.DEFINE_string(
+    "ray_address", None,
+    "--engine=ray: the Ray cluster, HOST:PORT of its head (`ray start --head`), "
+    "ray://HOST:PORT (Ray Client) or auto (the cluster this machine belongs to). "
+    "Default: an embedded Ray on this machine.",
+)
+flags.DEFINE_integer(
+    "cpus_per_run", None,
+    "CPUs of each run: TensorFlow's (and OpenMP's) thread counts of its train.py and "
+    "evaluations and, with --engine=ray, the CPUs its trial reserves (default there: 1). "
+    "The local engine, without it, leaves TensorFlow's defaults.",
+    lower_bound=1,
+)
+flags.DEFINE_float(
+    "gpus_per_run", 0.0,
+    "--engine=ray: GPUs each trial reserves: a whole number, or a fraction below 1 for "
+    "runs that share a GPU (0.5: two a GPU).",
+    lower_bound=0.0,
+)
+flags.DEFINE_integer(
+    "max_failures", 3,
+    "--engine=ray: retries of a run whose trial fails (its process killed, its node "
+    "lost); each retry resumes after the run's last finished epoch.",
+    lower_bound=0,
+)
+
+# The flags that only --engine=ray uses.
+RAY_FLAGS = ("ray_address", "gpus_per_run", "max_failures")
 
 QUICK = dict(seeds=1, epochs=2, max_train_examples=10000, eval_examples=500)
 
@@ -351,6 +388,33 @@ def _flag_text(values):
     return plans.flag_arguments(values)
 
 
+def engine_settings():
+    """The engine's flags, checked: `{"engine", "address", "cpus", "gpus", "max_failures"}`.
+
+    Raises:
+      ValueError: A flag of the Ray engine with the local one, or a fraction of GPUs
+        above 1 (one line naming the flag).
+    """
+    if FLAGS.engine == "local":
+        given = [name for name in RAY_FLAGS if FLAGS[name].present]
+        if given:
+            raise ValueError(f"flag --{given[0]}: only with --engine=ray")
+        return dict(engine="local", address=None, cpus=FLAGS.cpus_per_run or 0, gpus=0.0,
+                    max_failures=0)
+    gpus = FLAGS.gpus_per_run
+    if gpus > 1 and gpus != int(gpus):
+        raise ValueError(
+            f"flag --gpus_per_run={gpus:g}: a whole number of GPUs, or a fraction below 1 "
+            "(runs that share a GPU)"
+        )
+    if FLAGS.ray_address is not None:
+        from eval import ray_engine
+
+        ray_engine.parse_address(FLAGS.ray_address)
+    return dict(engine="ray", address=FLAGS.ray_address, cpus=FLAGS.cpus_per_run or 1,
+                gpus=gpus, max_failures=FLAGS.max_failures)
+
+
 def _train_and_evaluate(regime, progress):
     """The local engine, one regime: trains every run, then evaluates each.
 
@@ -369,27 +433,80 @@ def _train_and_evaluate(regime, progress):
     return trained
 
 
+def _on_ray(regimes, engine, cluster, progress, directory):
+    """The Ray engine: every run that is not complete, one Ray Tune trial each.
+
+    Returns:
+      `ray_engine.run_trials`'s summary (`{"trained", "retries", "failed"}`).
+    """
+    from eval import ray_engine
+
+    runs = [run for regime in regimes for run in regime["runs"]]
+    todo = ray_engine.pending(runs)
+    for run in runs:
+        if run not in todo:
+            run.train()  # complete: copies its results to --results_dir if they are not there
+    print(f"Ray: {cluster}; {len(todo)} of {len(runs)} runs to do, each "
+          f"{engine['cpus']} CPU(s) and {engine['gpus']:g} GPU(s), retried up to "
+          f"{engine['max_failures']} times", flush=True)
+    summary = {"trained": 0, "retries": 0, "failed": []}
+    try:
+        if todo:
+            progress.total += len(todo)
+            summary = ray_engine.run_trials(
+                todo, storage=directory / "ray", cpus_per_run=engine["cpus"],
+                gpus_per_run=engine["gpus"], max_failures=engine["max_failures"],
+                echo=lambda line: print(line, flush=True), steps=progress.total,
+            )
+            progress.done += len(todo)
+    finally:
+        ray_engine.shutdown()
+    return summary
+
+
 def main(argv):
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         _STDERR.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         options = plan_settings() if FLAGS.plan else settings()
+        engine = engine_settings()
+        if engine["engine"] == "ray":
+            from eval import ray_engine
+
+            cluster = ray_engine.connect(engine["address"], engine["cpus"], engine["gpus"])
     except ValueError as error:
         _STDERR.fail(PROGRAM, error)
     options["results_dir"] = pathlib.Path(FLAGS.results_dir) if FLAGS.results_dir else None
+    if engine["engine"] == "ray":  # trials run elsewhere: every path absolute
+        options["output_dir"] = options["output_dir"].resolve()
+        if options["results_dir"] is not None:
+            options["results_dir"] = options["results_dir"].resolve()
     _STDERR.release()
     from gradmask_tf import runs
 
     directory = options["output_dir"]
     directory.mkdir(parents=True, exist_ok=True)
-    regimes = _regimes(options)
-    total = sum((2 if r["evals"] else 1) * len(r["runs"]) + 1 for r in regimes)
-    progress = Progress(total + (1 if options.get("plan") else 0))
+    regimes = _regimes(options, thread_environment(engine["cpus"], engine["gpus"]))
     started_at = time.perf_counter()
-    trained = 0
+    if engine["engine"] == "ray":
+        progress = Progress(len(regimes) + (1 if options.get("plan") else 0))
+        summary = _on_ray(regimes, engine, cluster, progress, directory)
+        if summary["failed"]:
+            for line in summary["failed"]:
+                print(f"{PROGRAM}: failed: {line}", file=sys.stderr)
+            print(f"{PROGRAM}: {len(summary['failed'])} run(s) failed after "
+                  f"{engine['max_failures']} retries each; run the study again to retry "
+                  "them (finished runs are kept)", file=sys.stderr)
+            return 1
+        trained = summary["trained"]
+    else:
+        total = sum((2 if r["evals"] else 1) * len(r["runs"]) + 1 for r in regimes)
+        progress = Progress(total + (1 if options.get("plan") else 0))
+        trained = 0
     for regime in regimes:
-        trained += _train_and_evaluate(regime, progress)
+        if engine["engine"] == "local":
+            trained += _train_and_evaluate(regime, progress)
         progress.step(f"report{' ' + regime['name'] if regime['name'] else ''}")
         from eval import compare
 
@@ -405,6 +522,13 @@ def main(argv):
         _index(options, regimes)
     record = directory / "study.json"
     previous = runs.read_json(record) if record.is_file() else {}
+    extra = {}
+    if engine["engine"] == "ray":
+        extra["engine"] = {
+            "name": "ray", "address": engine["address"], "cpus_per_run": engine["cpus"],
+            "gpus_per_run": engine["gpus"], "max_failures": engine["max_failures"],
+            "retries_this_invocation": summary["retries"],
+        }
     runs.atomic_write_json(
         record,
         {
@@ -414,6 +538,7 @@ def main(argv):
             "wall_seconds_this_invocation": time.perf_counter() - started_at,
             "wall_seconds_total": previous.get("wall_seconds_total", 0.0)
             + time.perf_counter() - started_at,
+            **extra,
         },
     )
     print(f"Done: {directory / 'report.md'} ({(time.perf_counter() - started_at) / 60:.1f} min)")
