@@ -54,18 +54,18 @@ def import_ray():
 
 
 def parse_address(address):
-    """`(host, port)` of `--ray_address` (HOST:PORT or ray://HOST:PORT), or None for auto.
+    """`(host, port)` of `--ray_address` (HOST:PORT), or None for auto.
 
     Raises:
       RayEngineError: The address has none of these forms.
     """
     if address == "auto":
         return None
-    match = re.fullmatch(r"(?:ray://)?\[?([^\s/\[\]]+?)\]?:(\d{1,5})", address)
+    match = re.fullmatch(r"\[?([^\s/\[\]]+?)\]?:(\d{1,5})", address)
     if not match or not 0 < int(match.group(2)) < 65536:
         raise RayEngineError(
             f"flag --ray_address={address}: expected HOST:PORT (the head's `ray start "
-            "--head --port`), ray://HOST:PORT (Ray Client) or auto"
+            "--head --port`) or auto (the cluster this machine belongs to)"
         )
     return match.group(1), int(match.group(2))
 

@@ -96,8 +96,8 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_string(
     "ray_address", None,
-    "--engine=ray: the Ray cluster, HOST:PORT of its head (`ray start --head`), "
-    "ray://HOST:PORT (Ray Client) or auto (the cluster this machine belongs to). "
+    "--engine=ray: the Ray cluster, HOST:PORT of its head (`ray start --head`) or auto "
+    "(the cluster this machine belongs to); the study runs on one of its nodes. "
     "Default: an embedded Ray on this machine.",
 )
 flags.DEFINE_integer(
@@ -437,7 +437,8 @@ def _on_ray(regimes, engine, cluster, progress, directory):
     """The Ray engine: every run that is not complete, one Ray Tune trial each.
 
     Returns:
-      `ray_engine.run_trials`'s summary (`{"trained", "retries", "failed"}`).
+      `ray_engine.run_trials`'s summary (`{"trained", "retries", "failed"}`) and
+      `"unfinished"`: the runs still not complete.
     """
     from eval import ray_engine
 
@@ -461,6 +462,7 @@ def _on_ray(regimes, engine, cluster, progress, directory):
             progress.done += len(todo)
     finally:
         ray_engine.shutdown()
+    summary["unfinished"] = ray_engine.pending(todo)  # failed, or the study was stopped
     return summary
 
 
@@ -492,12 +494,13 @@ def main(argv):
     if engine["engine"] == "ray":
         progress = Progress(len(regimes) + (1 if options.get("plan") else 0))
         summary = _on_ray(regimes, engine, cluster, progress, directory)
-        if summary["failed"]:
+        if summary["unfinished"]:
             for line in summary["failed"]:
-                print(f"{PROGRAM}: failed: {line}", file=sys.stderr)
-            print(f"{PROGRAM}: {len(summary['failed'])} run(s) failed after "
-                  f"{engine['max_failures']} retries each; run the study again to retry "
-                  "them (finished runs are kept)", file=sys.stderr)
+                print(f"{PROGRAM}: failed after {engine['max_failures']} retries: {line}",
+                      file=sys.stderr)
+            print(f"{PROGRAM}: {len(summary['unfinished'])} run(s) not finished, no report "
+                  "written; run the study again: it runs only what is missing",
+                  file=sys.stderr)
             return 1
         trained = summary["trained"]
     else:

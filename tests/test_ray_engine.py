@@ -225,3 +225,52 @@ def test_the_ray_engine_without_ray_says_how_to_install_it(tmp_path):
         "module named 'ray'); install it with pip install -r requirements-ray.txt, or use "
         "--engine=local\n")
     assert not (tmp_path / "study").exists()
+
+
+def _children(pid):
+    """The pids of the children of every thread of `pid` (Linux)."""
+    pids = []
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        try:
+            pids += (task / "children").read_text().split()
+        except OSError:
+            pass
+    return [int(child) for child in pids]
+
+
+def _ended(pid, timeout):
+    """Whether `pid` ends (or is a zombie: dead, not yet reaped) within `timeout` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1]
+        except (OSError, IndexError):
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_runs_command_dies_with_the_process_that_started_it(tmp_path):
+    """A trial's process killed takes its train.py with it: no orphan writes the run.
+    As in a Ray worker, the command is started from a thread other than the main one."""
+    starter = subprocess.Popen(
+        [sys.executable, "-c",
+         "import pathlib, sys, threading; from eval.study_runs import execute; "
+         "t = threading.Thread(target=execute, args=([sys.executable, '-c', "
+         "'import time; time.sleep(60)'], pathlib.Path(sys.argv[1]))); t.start(); t.join()",
+         str(tmp_path / "log")],
+        cwd=ROOT, env=environment(),
+    )
+    try:
+        deadline, children = time.time() + 60, []
+        while not children:
+            assert time.time() < deadline and starter.poll() is None
+            time.sleep(0.05)
+            children = _children(starter.pid)
+    finally:
+        starter.kill()
+        starter.wait()
+    assert _ended(children[0], timeout=10), "the command outlived the process that started it"
