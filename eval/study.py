@@ -18,10 +18,14 @@ result files of every run are copied there when it finishes and looked for there
 
 Run it again after an interruption: finished runs and evaluations are skipped, an
 unfinished run resumes after its last finished epoch.
+
+With `--engine=ray` (eval/ray_engine.py) each (regime, arm, seed) run, with its
+evaluations, is one Ray Tune trial, on an embedded Ray or on a cluster
+(`--ray_address`); a trial whose process dies is retried and resumes. Both engines run a
+run with `StudyRun` (eval/study_runs.py) and write the same files.
 """
 
 import pathlib
-import subprocess
 import sys
 import time
 
@@ -34,6 +38,9 @@ from absl import app, flags, logging  # noqa: E402
 
 from eval import EVALUATIONS  # noqa: E402
 from eval.arms import UNMASKED, parse_primaries  # noqa: E402
+from eval.study_runs import (  # noqa: E402, F401 (the result names and copy_results: for callers)
+    EVAL_RESULT_PATTERNS, RESULT_FILES, StudyRun, copy_results, thread_environment,
+)
 from gradmask_tf.ops import RULES  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -85,6 +92,41 @@ flags.DEFINE_string(
     "are copied once it finishes, and looked for first: a run found there is not trained "
     "again, and the reports are built from there.",
 )
+
+flags.DEFINE_enum(
+    "engine", "local", ["local", "ray"],
+    "local: the runs one after another on this machine. ray: each (regime, arm, seed) run, "
+    "with its evaluations, one Ray Tune trial, on a Ray cluster (--ray_address) or an "
+    "embedded Ray on this machine; needs requirements-ray.txt.",
+)
+flags.DEFINE_string(
+    "ray_address", None,
+    "--engine=ray: the Ray cluster, HOST:PORT of its head (`ray start --head`) or auto "
+    "(the cluster this machine belongs to); the study runs on one of its nodes. "
+    "Default: an embedded Ray on this machine.",
+)
+flags.DEFINE_integer(
+    "cpus_per_run", None,
+    "CPUs of each run: TensorFlow's (and OpenMP's) thread counts of its train.py and "
+    "evaluations and, with --engine=ray, the CPUs its trial reserves (default there: 1). "
+    "The local engine, without it, leaves TensorFlow's defaults.",
+    lower_bound=1,
+)
+flags.DEFINE_float(
+    "gpus_per_run", 0.0,
+    "--engine=ray: GPUs each trial reserves: a whole number, or a fraction below 1 for "
+    "runs that share a GPU (0.5: two a GPU).",
+    lower_bound=0.0,
+)
+flags.DEFINE_integer(
+    "max_failures", 3,
+    "--engine=ray: retries of a run whose trial fails (its process killed, its node "
+    "lost); each retry resumes after the run's last finished epoch.",
+    lower_bound=0,
+)
+
+# The flags that only --engine=ray uses.
+RAY_FLAGS = ("ray_address", "gpus_per_run", "max_failures")
 
 QUICK = dict(seeds=1, epochs=2, max_train_examples=10000, eval_examples=500)
 # A plan's --quick (every regime, tiny: a pipeline check of a study of dozens of arms):
@@ -202,18 +244,6 @@ def _primaries(values):
     return primaries
 
 
-def _run(command, log_path):
-    """Runs a command, its output to a log; raises with the log's tail on failure."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a") as log:
-        log.write(f"\n$ {' '.join(command)}\n")
-        log.flush()
-        result = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        tail = log_path.read_text()[-1500:]
-        raise RuntimeError(f"{' '.join(command[:3])} ... failed (see {log_path}):\n{tail}")
-
-
 def train_command(options, run_dir, rule, control, seed):
     command = [
         sys.executable, str(ROOT / "train.py"),
@@ -229,16 +259,14 @@ def train_command(options, run_dir, rule, control, seed):
     return command
 
 
-def eval_command(options, run_dir, missing):
-    command = [
-        sys.executable, "-m", "eval", f"--run_dir={run_dir}", f"--evals={','.join(missing)}",
-        f"--max_examples={options['eval_examples']}",
-    ]
+def eval_flags(options):
+    """The flags of `python -m eval` beyond the run directory and the evaluations."""
+    flags_ = [f"--max_examples={options['eval_examples']}"]
     if options["smoke"]:
-        command.append("--smoke")
+        flags_.append("--smoke")
     elif options["quick"]:
-        command += ["--fine_tune_examples=2000", "--num_images=8", "--smoothgrad_samples=10"]
-    return command
+        flags_ += ["--fine_tune_examples=2000", "--num_images=8", "--smoothgrad_samples=10"]
+    return flags_
 
 
 class Progress:
@@ -289,27 +317,6 @@ def plan_train_command(options, run_dir, arm, regime, seed):
     return command
 
 
-# The small files of a finished run that a report needs, copied to --results_dir.
-RESULT_FILES = ("config.json", "metrics.json", "history.csv")
-# Evaluation outputs copied beside them: the JSON results and the saliency maps of the
-# report's figure (a few images: small); never models, checkpoints or logs.
-EVAL_RESULT_PATTERNS = ("*.json", "saliency_maps.npz")
-
-
-def copy_results(run_dir, results):
-    """Copies a run's small result files to `results` (a run directory of its own)."""
-    import shutil
-
-    results.mkdir(parents=True, exist_ok=True)
-    for name in RESULT_FILES:
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, results / name)
-    for pattern in EVAL_RESULT_PATTERNS:
-        for path in sorted((run_dir / "eval").glob(pattern)):
-            (results / "eval").mkdir(exist_ok=True)
-            shutil.copy2(path, results / "eval" / path.name)
-
-
 def copy_report(directory, results, figures=True):
     """Copies a report (`report.md` and, with `figures`, its figures) beside the results,
     so that the committed results carry the report they rebuild."""
@@ -322,11 +329,29 @@ def copy_report(directory, results, figures=True):
             (results / f".{path.name}.tmp").replace(results / path.name)
 
 
-def _regimes(options):
-    """`[{"name", "directory", "results", "evals", "primary", "jobs"}]`, each job
-    `(what, name, command(run_dir))`; without a plan, one regime: the study itself."""
+def _regimes(options, env=None):
+    """`[{"name", "directory", "results", "evals", "primary", "runs"}]`, each run a
+    `StudyRun`; without a plan, one regime: the study itself.
+
+    Args:
+      options: The study's settings (`settings` or `plan_settings`), with `results_dir`.
+      env: Variables set in the environment of every run's commands
+        (`study_runs.thread_environment`).
+    """
     directory, results_dir = options["output_dir"], options["results_dir"]
+    env = tuple(sorted((env or {}).items()))
     plan = options.get("plan")
+
+    def study_run(what, name, regime_directory, results, evals, command):
+        run_dir = regime_directory / "runs" / name
+        return StudyRun(
+            what=what, name=name, run_dir=run_dir,
+            results=results / name if results else None,
+            log=regime_directory / "logs" / f"{name}.log",
+            train_command=tuple(command(run_dir)), evals=tuple(evals),
+            eval_flags=tuple(eval_flags(options)), env=env,
+        )
+
     if plan is None:
         seeds = list(range(options["seeds"]))
         # The baseline, then each masked rule beside its matched control.
@@ -335,32 +360,39 @@ def _regimes(options):
             for rule in options["rules"]
             for control in ((False, True) if options["controls"] else (False,))
         ]
-        jobs = [
-            (f"{rule}{' control' if control else ''}, seed {seed}",
-             f"{rule}{'-control' if control else ''}-seed{seed}",
-             lambda run_dir, r=rule, c=control, s=seed: train_command(options, run_dir, r, c, s))
+        runs = [
+            study_run(
+                f"{rule}{' control' if control else ''}, seed {seed}",
+                f"{rule}{'-control' if control else ''}-seed{seed}",
+                directory, results_dir, options["evals"],
+                lambda run_dir, r=rule, c=control, s=seed: train_command(options, run_dir, r, c, s),
+            )
             for rule, control in arms
             for seed in seeds
         ]
         return [dict(name=None, directory=directory, results=results_dir,
-                     evals=options["evals"], primary=options["primary"], jobs=jobs)]
+                     evals=options["evals"], primary=options["primary"], runs=runs)]
+    from eval import plans
+
     regimes = []
     for regime in plan["regimes"]:
-        jobs = [
-            (f"{regime['name']}: {arm}, seed {seed}", f"{arm}-seed{seed}",
-             lambda run_dir, a=plan["arms"][arm], g=regime, s=seed:
-             plan_train_command(options, run_dir, a, g, s))
+        regime_directory = directory / regime["name"]
+        results = results_dir / regime["name"] if results_dir else None
+        runs = [
+            study_run(
+                f"{regime['name']}: {arm}, seed {seed}", f"{arm}-seed{seed}",
+                regime_directory, results, regime["evals"],
+                lambda run_dir, a=plan["arms"][arm], g=regime, s=seed:
+                plan_train_command(options, run_dir, a, g, s),
+            )
             # Seed by seed: a study stopped part-way leaves every arm paired on its
             # first seeds, not some arms whole and others missing.
             for seed in plan["seeds"]
             for arm in regime["arms"]
         ]
-        from eval import plans
-
         regimes.append(dict(
-            name=regime["name"], directory=directory / regime["name"],
-            results=results_dir / regime["name"] if results_dir else None,
-            evals=regime["evals"], primary=plans.primaries(plan, regime), jobs=jobs,
+            name=regime["name"], directory=regime_directory, results=results,
+            evals=regime["evals"], primary=plans.primaries(plan, regime), runs=runs,
         ))
     return regimes
 
@@ -391,65 +423,135 @@ def _flag_text(values):
     return plans.flag_arguments(values)
 
 
+def engine_settings():
+    """The engine's flags, checked: `{"engine", "address", "cpus", "gpus", "max_failures"}`.
+
+    Raises:
+      ValueError: A flag of the Ray engine with the local one, or a fraction of GPUs
+        above 1 (one line naming the flag).
+    """
+    if FLAGS.engine == "local":
+        given = [name for name in RAY_FLAGS if FLAGS[name].present]
+        if given:
+            raise ValueError(f"flag --{given[0]}: only with --engine=ray")
+        return dict(engine="local", address=None, cpus=FLAGS.cpus_per_run or 0, gpus=0.0,
+                    max_failures=0)
+    gpus = FLAGS.gpus_per_run
+    if gpus > 1 and gpus != int(gpus):
+        raise ValueError(
+            f"flag --gpus_per_run={gpus:g}: a whole number of GPUs, or a fraction below 1 "
+            "(runs that share a GPU)"
+        )
+    if FLAGS.ray_address is not None:
+        from eval import ray_engine
+
+        ray_engine.parse_address(FLAGS.ray_address)
+    return dict(engine="ray", address=FLAGS.ray_address, cpus=FLAGS.cpus_per_run or 1,
+                gpus=gpus, max_failures=FLAGS.max_failures)
+
+
+def _train_and_evaluate(regime, progress):
+    """The local engine, one regime: trains every run, then evaluates each.
+
+    Returns:
+      How many runs train.py trained.
+    """
+    trained = 0
+    for run in regime["runs"]:
+        started = progress.step(f"train {run.what}")
+        needed = run.train()
+        trained += needed
+        progress.finish(started, needed)
+    for run in regime["runs"] if regime["evals"] else ():
+        started = progress.step(f"evaluate {run.what}")
+        progress.finish(started, bool(run.evaluate()))
+    return trained
+
+
+def _on_ray(regimes, engine, cluster, progress, directory):
+    """The Ray engine: every run that is not complete, one Ray Tune trial each.
+
+    Returns:
+      `ray_engine.run_trials`'s summary (`{"trained", "retries", "failed"}`) and
+      `"unfinished"`: the runs still not complete.
+    """
+    from eval import ray_engine
+
+    runs = [run for regime in regimes for run in regime["runs"]]
+    todo = ray_engine.pending(runs)
+    for run in runs:
+        if run not in todo:
+            run.train()  # complete: copies its results to --results_dir if they are not there
+    print(f"Ray: {cluster}; {len(todo)} of {len(runs)} runs to do, each "
+          f"{engine['cpus']} CPU(s) and {engine['gpus']:g} GPU(s), retried up to "
+          f"{engine['max_failures']} times", flush=True)
+    summary = {"trained": 0, "retries": 0, "failed": []}
+    try:
+        if todo:
+            progress.total += len(todo)
+            summary = ray_engine.run_trials(
+                todo, storage=directory / "ray", cpus_per_run=engine["cpus"],
+                gpus_per_run=engine["gpus"], max_failures=engine["max_failures"],
+                echo=lambda line: print(line, flush=True), steps=progress.total,
+            )
+            progress.done += len(todo)
+    finally:
+        ray_engine.shutdown()
+    summary["unfinished"] = ray_engine.pending(todo)  # failed, or the study was stopped
+    return summary
+
+
 def main(argv):
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         _STDERR.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         options = plan_settings() if FLAGS.plan else settings()
+        engine = engine_settings()
+        if engine["engine"] == "ray":
+            from eval import ray_engine
+
+            cluster = ray_engine.connect(engine["address"], engine["cpus"], engine["gpus"])
     except ValueError as error:
         _STDERR.fail(PROGRAM, error)
     options["results_dir"] = pathlib.Path(FLAGS.results_dir) if FLAGS.results_dir else None
+    if engine["engine"] == "ray":  # trials run elsewhere: every path absolute
+        options["output_dir"] = options["output_dir"].resolve()
+        if options["results_dir"] is not None:
+            options["results_dir"] = options["results_dir"].resolve()
     _STDERR.release()
     from gradmask_tf import runs
 
     directory = options["output_dir"]
     directory.mkdir(parents=True, exist_ok=True)
-    regimes = _regimes(options)
-    total = sum((2 if r["evals"] else 1) * len(r["jobs"]) + 1 for r in regimes)
-    progress = Progress(total + (1 if options.get("plan") else 0))
+    regimes = _regimes(options, thread_environment(engine["cpus"], engine["gpus"]))
     started_at = time.perf_counter()
-    trained = 0
+    if engine["engine"] == "ray":
+        progress = Progress(len(regimes) + (1 if options.get("plan") else 0))
+        summary = _on_ray(regimes, engine, cluster, progress, directory)
+        if summary["unfinished"]:
+            for line in summary["failed"]:
+                print(f"{PROGRAM}: failed after {engine['max_failures']} retries: {line}",
+                      file=sys.stderr)
+            print(f"{PROGRAM}: {len(summary['unfinished'])} run(s) not finished, no report "
+                  "written; run the study again: it runs only what is missing",
+                  file=sys.stderr)
+            return 1
+        trained = summary["trained"]
+    else:
+        total = sum((2 if r["evals"] else 1) * len(r["runs"]) + 1 for r in regimes)
+        progress = Progress(total + (1 if options.get("plan") else 0))
+        trained = 0
     for regime in regimes:
-        logs = regime["directory"] / "logs"
-        run_dirs = {name: regime["directory"] / "runs" / name for _, name, _ in regime["jobs"]}
-        results = {name: regime["results"] / name if regime["results"] else None
-                   for name in run_dirs}
-
-        def evaluated(name):
-            done = {p.stem for p in (run_dirs[name] / "eval").glob("*.json")}
-            if results[name] is not None:
-                done |= {p.stem for p in (results[name] / "eval").glob("*.json")}
-            return done
-
-        for what, name, command in regime["jobs"]:
-            started = progress.step(f"train {what}")
-            local = (run_dirs[name] / runs.METRICS).is_file()
-            stored = results[name] is not None and (results[name] / runs.METRICS).is_file()
-            missing = [e for e in regime["evals"] if e not in evaluated(name)]
-            # Stored results are enough unless an evaluation is missing (it needs the model).
-            needed = not local and not (stored and not missing)
-            if needed:
-                _run(command(run_dirs[name]), logs / f"{name}.log")
-                trained += 1
-            if results[name] is not None and (needed or (local and not stored)):
-                copy_results(run_dirs[name], results[name])
-            progress.finish(started, needed)
-        for what, name, _ in regime["jobs"] if regime["evals"] else ():
-            started = progress.step(f"evaluate {what}")
-            missing = [e for e in regime["evals"] if e not in evaluated(name)]
-            if missing:
-                _run(eval_command(options, run_dirs[name], missing), logs / f"{name}.log")
-                if results[name] is not None:
-                    copy_results(run_dirs[name], results[name])
-            progress.finish(started, bool(missing))
+        if engine["engine"] == "local":
+            trained += _train_and_evaluate(regime, progress)
         progress.step(f"report{' ' + regime['name'] if regime['name'] else ''}")
         from eval import compare
 
         sources = [
-            results[name] if results[name] is not None and (results[name] / runs.CONFIG).is_file()
-            else run_dirs[name]
-            for name in run_dirs
+            run.results if run.results is not None and (run.results / runs.CONFIG).is_file()
+            else run.run_dir
+            for run in regime["runs"]
         ]
         compare.report([compare.load_run(path) for path in sources], regime["directory"],
                        regime["primary"])
@@ -462,6 +564,13 @@ def main(argv):
             copy_report(directory, options["results_dir"], figures=False)
     record = directory / "study.json"
     previous = runs.read_json(record) if record.is_file() else {}
+    extra = {}
+    if engine["engine"] == "ray":
+        extra["engine"] = {
+            "name": "ray", "address": engine["address"], "cpus_per_run": engine["cpus"],
+            "gpus_per_run": engine["gpus"], "max_failures": engine["max_failures"],
+            "retries_this_invocation": summary["retries"],
+        }
     runs.atomic_write_json(
         record,
         {
@@ -471,6 +580,7 @@ def main(argv):
             "wall_seconds_this_invocation": time.perf_counter() - started_at,
             "wall_seconds_total": previous.get("wall_seconds_total", 0.0)
             + time.perf_counter() - started_at,
+            **extra,
         },
     )
     print(f"Done: {directory / 'report.md'} ({(time.perf_counter() - started_at) / 60:.1f} min)")

@@ -39,11 +39,16 @@ def test_quick_start_runs_as_root_and_with_sudo_and_ci_runs_its_test_command():
     train, test = _quick_start_commands()
     setup = train.rsplit(" && ", 1)[0]
     assert train == setup + " && .venv/bin/python train.py"
-    assert test == setup + " && .venv/bin/python -m pytest -q"
+    # The tests also install Ray (the --engine=ray tests), in the same pip command.
+    requirements = "pip install -r requirements.txt"
+    assert setup.count(requirements) == 1
+    test_setup = setup.replace(requirements, f"{requirements} -r requirements-ray.txt")
+    assert test == test_setup + " && .venv/bin/python -m pytest -q"
     # As root without sudo (CI, these machines) and as a user with it.
     assert setup.count("apt-get") == setup.count("$(command -v sudo) apt-get") == 2
     assert "sudo" not in setup.replace("$(command -v sudo)", "")
     ci = (README.parent / ".ci" / "run").read_text()
     apt_packages = re.search(r"apt-get install -y (.*?) &&", setup).group(1).split()
     assert f"apt-get install -y -q {' '.join(apt_packages)}" in ci
+    assert "pip install -q -r requirements.txt -r requirements-ray.txt" in ci
     assert ci.rstrip().splitlines()[-1] == ".venv/bin/python -m pytest -q"

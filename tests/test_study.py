@@ -126,14 +126,14 @@ def test_regimes_picks_some_of_a_plan_and_quick_shrinks_but_never_enlarges_a_reg
     assert [r["name"] for r in options["plan"]["regimes"]] == ["label-noise", "small-data"]
     options["results_dir"] = None
     noisy = study._regimes(options)[0]
-    command = noisy["jobs"][0][2]("RUN")
+    command = list(noisy["runs"][0].train_command)
     # --quick takes 2,000 examples and 1 epoch, the evaluations at their smoke settings.
     assert command.index("--max_train_examples=2000") > command.index("--max_train_examples=4000")
     assert command.index("--epochs=1") > command.index("--epochs=30")
-    assert "--smoke" in study.eval_command(options, "RUN", ["quality"])
+    assert "--smoke" in noisy["runs"][0].eval_flags
     # A regime whose own subset is smaller keeps it.
     options["plan"]["regimes"][0]["flags"]["max_train_examples"] = 500
-    command = study._regimes(options)[0]["jobs"][0][2]("RUN")
+    command = list(study._regimes(options)[0]["runs"][0].train_command)
     assert "--max_train_examples=500" in command and "--max_train_examples=2000" not in command
     with pytest.raises(ValueError, match=r"flag --regimes: no regime bogus in plan regimes; "
                                          r"its regimes: label-noise, small-data, clean"):
