@@ -545,7 +545,7 @@ def main(argv):
     for regime in regimes:
         if engine["engine"] == "local":
             trained += _train_and_evaluate(regime, progress)
-        progress.step(f"report{' ' + regime['name'] if regime['name'] else ''}")
+        started = progress.step(f"report{' ' + regime['name'] if regime['name'] else ''}")
         from eval import compare
 
         sources = [
@@ -557,6 +557,7 @@ def main(argv):
                        regime["primary"])
         if regime["results"] is not None:
             copy_report(regime["directory"], regime["results"])
+        progress.finish(started, False)
     if options.get("plan"):
         progress.step("index")
         _index(options, regimes)
