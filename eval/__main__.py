@@ -10,7 +10,6 @@ the first N test examples in the dataset's order, and for each evaluation writes
 `RUN/eval/saliency_maps.npz`, which `eval.compare` draws beside other runs'.
 """
 
-import dataclasses
 import pathlib
 import sys
 import time
@@ -160,28 +159,12 @@ def settings():
 
 
 def fine_tune_options(config, options):
-    """The pruning fine-tune as the run trained: its `config.json` flags translated.
-
-    The run's optimizer (and momentum), batch size, seed and mask flags (`mask_rule`,
-    `mask_scope`, ... for each `gradmask_tf.ops.MaskConfig` field), a tenth of its
-    learning rate, constant (a run's `--lr_schedule` is not replayed: the fine-tune is
-    short), and this command's `--fine_tune_*`.
-    """
+    """The pruning fine-tune as the run trained (`eval.pruning.fine_tune_of_run`)."""
     from eval import pruning
-    from gradmask_tf import ops
 
-    names = [field.name for field in dataclasses.fields(ops.MaskConfig)]
-    mask_fields = {name: config[f"mask_{name}"] for name in names if f"mask_{name}" in config}
-    mask_fields.setdefault("seed", config.get("seed"))
-    return pruning.FineTune(
-        optimizer=config["optimizer"],
-        learning_rate=config["learning_rate"] / 10,
-        momentum=config.get("momentum", 0.9),
-        batch_size=config["batch_size"],
-        epochs=options["fine_tune_epochs"],
+    return pruning.fine_tune_of_run(
+        config, epochs=options["fine_tune_epochs"],
         num_examples=options["fine_tune_examples"] or None,
-        mask_config=ops.MaskConfig(**mask_fields),
-        seed=config.get("seed"),
     )
 
 

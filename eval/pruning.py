@@ -90,6 +90,29 @@ class FineTune:
             checks.integer("seed", self.seed, minimum=0)
 
 
+
+def fine_tune_of_run(config, *, epochs=1, num_examples=None):
+    """The fine-tune of a run as it trained, from its `config.json` flags.
+
+    The run's optimizer (and momentum), batch size, seed and mask flags (`mask_rule`,
+    `mask_scope`, ... for each `gradmask_tf.ops.MaskConfig` field), a tenth of its
+    learning rate, constant (a run's `--lr_schedule` is not replayed: the fine-tune is
+    short).
+    """
+    names = [field.name for field in dataclasses.fields(ops.MaskConfig)]
+    mask_fields = {name: config[f"mask_{name}"] for name in names if f"mask_{name}" in config}
+    mask_fields.setdefault("seed", config.get("seed"))
+    return FineTune(
+        optimizer=config["optimizer"],
+        learning_rate=config["learning_rate"] / 10,
+        momentum=config.get("momentum", 0.9),
+        batch_size=config["batch_size"],
+        epochs=epochs,
+        num_examples=num_examples,
+        mask_config=ops.MaskConfig(**mask_fields),
+        seed=config.get("seed"),
+    )
+
 def evaluate_pruning(
     model, data, *, architecture, dataset=None, sparsities=DEFAULT_SPARSITIES,
     fine_tune=None, train_data=None, batch_size=128, placement="activation",

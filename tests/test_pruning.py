@@ -323,11 +323,9 @@ def test_invalid_fine_tune_options_are_refused(kwargs, match):
 
 
 def test_the_fine_tune_takes_the_runs_optimizer_and_momentum():
-    from eval.__main__ import fine_tune_options
-
     config = {"optimizer": "sgd", "momentum": 0.5, "learning_rate": 0.05, "batch_size": 64,
               "seed": 3, "mask_rule": "mean", "mask_control": True}
-    fine_tune = fine_tune_options(config, {"fine_tune_epochs": 1, "fine_tune_examples": 0})
+    fine_tune = pruning.fine_tune_of_run(config)
     assert (fine_tune.optimizer, fine_tune.momentum, fine_tune.batch_size) == ("sgd", 0.5, 64)
     assert fine_tune.learning_rate == pytest.approx(0.005)
     assert fine_tune.mask_config.control and fine_tune.mask_config.rule == "mean"
