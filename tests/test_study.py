@@ -147,7 +147,7 @@ def _tiny_plan():
         "arms": [{"name": "none", "rule": "none"}, {"name": "mean", "rule": "mean"}],
         "regimes": [
             {"name": "clean", "evals": ["quality"]},
-            {"name": "fast", "flags": {"learning_rate": 0.01}, "evals": []},
+            {"name": "fast", "flags": {"learning_rate": 0.01}, "arms": ["none"], "evals": []},
         ],
     }
 
@@ -164,8 +164,8 @@ def test_a_plan_runs_every_regime_and_rebuilds_from_its_results(tmp_path, idx_di
     ]
     stdout, stderr = _study(args).communicate(timeout=900)
     assert "[1/" in stdout, stderr[-3000:]
-    for regime in ("clean", "fast"):
-        for arm in ("none", "mean"):
+    for regime, arms in (("clean", ("none", "mean")), ("fast", ("none",))):
+        for arm in arms:
             run = directory / regime / "runs" / f"{arm}-seed0"
             assert (run / "metrics.json").is_file(), stderr[-3000:]
             stored = results / regime / f"{arm}-seed0"
@@ -176,11 +176,12 @@ def test_a_plan_runs_every_regime_and_rebuilds_from_its_results(tmp_path, idx_di
         assert (results / regime / "report.md").read_bytes() == (
             directory / regime / "report.md").read_bytes()
     assert (results / "report.md").is_file() and not list(results.rglob("*.tmp"))
-    flags = json.loads((directory / "fast" / "runs" / "mean-seed0" / "config.json").read_text())
+    flags = json.loads((directory / "fast" / "runs" / "none-seed0" / "config.json").read_text())
     assert flags["flags"]["learning_rate"] == 0.01 and flags["flags"]["epochs"] == 1
     assert [p.name for p in (results / "clean" / "mean-seed0" / "eval").iterdir()] == [
         "quality.json"]
-    assert not (results / "fast" / "mean-seed0" / "eval").exists()
+    assert not (results / "fast" / "none-seed0" / "eval").exists()
+    assert not (directory / "fast" / "runs" / "mean-seed0").exists()
     index = (directory / "report.md").read_text()
     assert "[clean/report.md](clean/report.md)" in index and "test plan" in index
 
