@@ -109,15 +109,16 @@ def _label(configuration, configurations):
     return rule + (" control" if control else "") + (f" ({', '.join(extra)})" if extra else "")
 
 
-def _flags_but_mask(configuration):
+def flags_but_mask(configuration):
+    """The flags of a configuration that are not the mask's (`none` ignores those)."""
     return {k: v for k, v in configuration.items() if not k.startswith("mask_")}
 
 
 def baseline_of(arm, arms):
     """The `none` arm of the same data, model and budget (mask flags do nothing there)."""
-    wanted = _flags_but_mask(arm.configuration)
+    wanted = flags_but_mask(arm.configuration)
     return next(
-        (o for o in arms if o.rule == BASELINE and _flags_but_mask(o.configuration) == wanted),
+        (o for o in arms if o.rule == BASELINE and flags_but_mask(o.configuration) == wanted),
         None,
     )
 

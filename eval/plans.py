@@ -36,7 +36,9 @@ import pathlib
 import re
 
 from eval import EVALUATIONS
-from eval.arms import MAX_PRIMARIES, UNMASKED, Primary, parse_primaries, same_value
+from eval.arms import (
+    MAX_PRIMARIES, UNMASKED, Primary, flags_but_mask, parse_primaries, same_value,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PLANS = pathlib.Path(__file__).resolve().parent / "plans"
@@ -178,7 +180,7 @@ def check(plan, path="<plan>"):
             arms[entry_name] = entry
     if not isinstance(plan["regimes"], list) or not plan["regimes"]:
         fail("regimes", "expected a non-empty list")
-    regimes, primary_of = [], {}
+    regimes = []
     for index, regime in enumerate(plan["regimes"]):
         where = f"regimes[{index}]"
         known(where, regime, _REGIME_KEYS)
@@ -226,28 +228,23 @@ def check(plan, path="<plan>"):
                     arms[n]["control"] and arms[n]["rule"] == p.rule
                     and arms[n]["options"] == arms[arm_name]["options"] for n in chosen):
                 fail(f"{where}.primary", f"{p}: the regime runs no matched control of {arm_name}")
-            if not any(arms[n]["rule"] == "none" and _baseline_options(arms[n]["options"])
-                       == _baseline_options(arms[arm_name]["options"]) for n in chosen):
+            if not any(arms[n]["rule"] == "none" and flags_but_mask(arms[n]["options"])
+                       == flags_but_mask(arms[arm_name]["options"]) for n in chosen):
                 fail(f"{where}.primary", f"{p}: the regime runs no `none` arm with the options "
                                          f"of {arm_name} (its mask options aside)")
         regimes.append(dict(name=name, flags=flags, arms=chosen, evals=list(dict.fromkeys(evals)),
                             primary=[str(p) for p in primaries]))
-        primary_of[name] = primaries
     notes = plan.get("notes", "")
     if not isinstance(notes, str):
         fail("notes", "expected free text")
-    _PRIMARIES[str(path)] = primary_of
     return dict(name=pathlib.Path(path).stem, path=str(path), notes=notes, seeds=seeds,
                 arms=arms, regimes=regimes)
 
 
-# The checked primaries of each plan read (`eval.arms.Primary`s, which JSON cannot hold).
-_PRIMARIES = {}
-
-
 def primaries(plan, regime):
-    """The `eval.arms.Primary`s of a checked plan's regime (its `primary` as objects)."""
-    return _PRIMARIES[plan["path"]][regime["name"]]
+    """The `eval.arms.Primary`s of a checked plan's regime (its `primary`, parsed again:
+    an arm's name resolves to that arm)."""
+    return parse_primaries([_arm_primary(value, plan["arms"]) for value in regime["primary"]])
 
 
 def _arm_primary(value, arms):
@@ -265,7 +262,3 @@ def _arm_primary(value, arms):
 def _has(arm, where):
     options = arm["options"]
     return all(flag in options and same_value(options[flag], value) for flag, value in where)
-
-
-def _baseline_options(options):
-    return {k: v for k, v in options.items() if not k.startswith("mask_")}
