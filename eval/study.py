@@ -320,13 +320,12 @@ def plan_train_command(options, run_dir, arm, regime, seed):
 def copy_report(directory, results, figures=True):
     """Copies a report (`report.md` and, with `figures`, its figures) beside the results,
     so that the committed results carry the report they rebuild."""
-    import shutil
+    from gradmask_tf import runs
 
-    results.mkdir(parents=True, exist_ok=True)
     for path in [directory / "report.md", *(sorted(directory.glob("*.png")) if figures else [])]:
         if path.is_file():
-            shutil.copy2(path, results / f".{path.name}.tmp")
-            (results / f".{path.name}.tmp").replace(results / path.name)
+            runs.atomic_write(results / path.name, lambda file, p=path: file.write(p.read_bytes()),
+                              binary=True)
 
 
 def _regimes(options, env=None):
