@@ -450,7 +450,7 @@ def load_data(jit_compile, initial_epoch):
             max_examples=FLAGS.max_test_examples or None,
             batch_size=FLAGS.batch_size,
         )
-        subset = {"max_examples": FLAGS.max_train_examples or None}
+        subset = {}  # the whole split, unless a regime draws a part of it
         if uses_regime():
             regime = data.regime(
                 data.split_labels(FLAGS.dataset, "train", data_dir=FLAGS.data_dir),
@@ -489,10 +489,9 @@ def load_data(jit_compile, initial_epoch):
     if regime is not None:
         num_train = len(regime.train_indices)
     elif info.num_train is not None:
-        num_train = min(info.num_train, FLAGS.max_train_examples or info.num_train)
+        num_train = info.num_train
     else:  # unknown without reading it: count one epoch's examples
-        examples = load_split("train", max_examples=FLAGS.max_train_examples or None)
-        num_train = sum(1 for _ in examples)
+        num_train = sum(1 for _ in load_split("train"))
     if multi_worker or jit_compile:
         steps_per_epoch = num_train // FLAGS.batch_size
     else:
