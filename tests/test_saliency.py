@@ -136,12 +136,18 @@ def test_all_zero_maps_have_no_focus_and_are_excluded_with_a_count(data):
     json.dumps(result, allow_nan=False)
 
 
-def test_gradient_mask_layers_leave_the_maps_exact(data):
-    images, labels = data
+def plain_and_masked():
+    """A tiny cnn, and its twin with `topk` masks and the same weights."""
     plain = tiny_cnn()
     masked = tiny_cnn(dict(rule="topk", keep_fraction=0.1))
     for layer in plain.layers:
         masked.get_layer(layer.name).set_weights(layer.get_weights())
+    return plain, masked
+
+
+def test_gradient_mask_layers_leave_the_maps_exact(data):
+    images, labels = data
+    plain, masked = plain_and_masked()
 
     def input_gradient(model, training):
         x = tf.constant(images)
@@ -404,10 +410,7 @@ def test_lateral_inhibition_matches_an_independent_scipy_computation(data):
 
 def test_lateral_inhibition_is_exact_with_masks_and_rejects_bad_input(data):
     images, labels = data
-    plain = tiny_cnn()
-    masked = tiny_cnn(dict(rule="topk", keep_fraction=0.1))
-    for layer in plain.layers:
-        masked.get_layer(layer.name).set_weights(layer.get_weights())
+    plain, masked = plain_and_masked()
     # The masks follow the ReLUs and do not count; the maps ignore them.
     assert saliency.relu_layers(masked) == ["relu1", "relu2"]
     expected = saliency.lateral_inhibition_maps(plain, images, labels)
