@@ -134,21 +134,34 @@ CLAIMS = {
 }
 
 
+def _tiny(*values):
+    """Whether figures this small need significant digits, not 4 decimals (GSNR near
+    convergence is of order 1e-4: `0.0002 ± 0.0000` would hide every difference)."""
+    largest = max(abs(value) for value in values)
+    return 0 < largest < 0.001
+
+
 def _arm_cell(values):
     values = list(values.values())
     if not values:
         return "–"
     if len(values) == 1:
-        return f"{values[0]:.4f} (n=1)"
-    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f} (n={len(values)})"
+        return f"{values[0]:{'.2e' if _tiny(values[0]) else '.4f'}} (n=1)"
+    mean, std = np.mean(values), np.std(values, ddof=1)
+    form = ".2e" if _tiny(mean) else ".4f"
+    return f"{mean:{form}} ± {std:{form}} (n={len(values)})"
 
 
-def _signed(value):
+def _signed(value, tiny=False):
+    if tiny:
+        return f"{value:+.2e}"
     return f"{round(value, 4) or 0.0:+.4f}"  # rounding to zero gives +0.0000, never -0.0000
 
 
 def _interval(difference):
-    return f"{_signed(difference.mean)} [{_signed(difference.low)}, {_signed(difference.high)}]"
+    tiny = _tiny(difference.mean, difference.low, difference.high)
+    return (f"{_signed(difference.mean, tiny)} [{_signed(difference.low, tiny)}, "
+            f"{_signed(difference.high, tiny)}]")
 
 
 def _p(value):

@@ -99,6 +99,24 @@ def test_the_report_lays_out_arms_differences_and_mask_metrics(tmp_path):
     assert "`seed`" not in text and "`epochs`" not in text
 
 
+def test_figures_of_order_1e_4_keep_significant_digits(tmp_path):
+    # GSNR near convergence is ~2e-4: four decimals would print 0.0002 ± 0.0000 everywhere.
+    runs = [
+        _write_run(tmp_path / "runs", rule, seed,
+                   {"test_accuracy": 0.9, "gsnr_like": scale * (2e-4 + 1e-5 * seed)})
+        for rule, scale in (("none", 1.0), ("mean", 1.5)) for seed in SEEDS
+    ]
+    text = _report(runs, tmp_path / "report", [])
+    row = next(line for line in text.splitlines() if line.startswith("| `gsnr_like`"))
+    assert row.startswith("| `gsnr_like` | 2.20e-04 ± 1.58e-05 (n=5) | 3.30e-04 ± 2.37e-05 (n=5) |")
+    difference = next(
+        line for line in text.split("Paired differences by seed")[1].splitlines()
+        if line.startswith("| `gsnr_like`")
+    )
+    assert "+1.10e-04 [" in difference
+    assert "| `test_accuracy` | 0.9000 ± 0.0000 (n=5) |" in text  # ordinary figures unchanged
+
+
 def test_a_primary_without_its_arms_is_reported_not_measured_and_still_counts(tmp_path):
     runs = _study(tmp_path / "runs", 0.003, 0.0)
     alone = _report(runs, tmp_path / "alone", ["mean:test_accuracy:higher"])
