@@ -399,7 +399,10 @@ def _regimes(options, env=None):
 def _index(options, regimes):
     """`DIR/report.md` of a plan: its notes, seeds and a link to each regime's report."""
     plan = options["plan"]
-    lines = [f"# Study `{plan['name']}`", "", f"Plan: `{plan['path']}`; seeds: "
+    path = pathlib.Path(plan["path"])
+    if path.is_absolute() and path.is_relative_to(ROOT):
+        path = path.relative_to(ROOT)  # the index is committed: no machine's checkout path
+    lines = [f"# Study `{plan['name']}`", "", f"Plan: `{path}`; seeds: "
              f"{', '.join(map(str, plan['seeds']))}.", ""]
     if plan["notes"]:
         lines += [plan["notes"], ""]
