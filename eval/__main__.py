@@ -158,16 +158,6 @@ def settings():
     return values
 
 
-def fine_tune_options(config, options):
-    """The pruning fine-tune as the run trained (`eval.pruning.fine_tune_of_run`)."""
-    from eval import pruning
-
-    return pruning.fine_tune_of_run(
-        config, epochs=options["fine_tune_epochs"],
-        num_examples=options["fine_tune_examples"] or None,
-    )
-
-
 def _adversarial(run, options):
     from eval import adversarial, figures
 
@@ -183,7 +173,10 @@ def _pruning(run, options):
 
     fine_tune = train_data = None
     if options["fine_tune_epochs"]:
-        fine_tune = fine_tune_options(run.config, options)
+        fine_tune = pruning.fine_tune_of_run(
+            run.config, epochs=options["fine_tune_epochs"],
+            num_examples=options["fine_tune_examples"] or None,
+        )
         train_data = run.split(
             "train", max_examples=fine_tune.num_examples, shuffle=True, seed=run.config["seed"]
         )

@@ -90,7 +90,6 @@ class FineTune:
             checks.integer("seed", self.seed, minimum=0)
 
 
-
 def fine_tune_of_run(config, *, epochs=1, num_examples=None):
     """The fine-tune of a run as it trained, from its `config.json` flags.
 
@@ -112,6 +111,7 @@ def fine_tune_of_run(config, *, epochs=1, num_examples=None):
         mask_config=ops.MaskConfig(**mask_fields),
         seed=config.get("seed"),
     )
+
 
 def evaluate_pruning(
     model, data, *, architecture, dataset=None, sparsities=DEFAULT_SPARSITIES,
