@@ -145,11 +145,11 @@ def _arm_cell(values):
     values = list(values.values())
     if not values:
         return "–"
-    if len(values) == 1:
-        return f"{values[0]:{'.2e' if _tiny(values[0]) else '.4f'}} (n=1)"
-    mean, std = np.mean(values), np.std(values, ddof=1)
+    mean = np.mean(values)
     form = ".2e" if _tiny(mean) else ".4f"
-    return f"{mean:{form}} ± {std:{form}} (n={len(values)})"
+    if len(values) == 1:
+        return f"{mean:{form}} (n=1)"
+    return f"{mean:{form}} ± {np.std(values, ddof=1):{form}} (n={len(values)})"
 
 
 def _signed(value, tiny=False):
