@@ -592,6 +592,7 @@ def make_callbacks(run_dir, recorder, chief, loaded):
                 best_weights=run_dir / BEST_WEIGHTS if loaded.validation is not None else None,
                 history=recorder.history_rows,
                 write=chief,
+                noise=noise_evaluation(loaded),
             )
         )
     if FLAGS.gsnr_every:
@@ -607,6 +608,14 @@ def make_callbacks(run_dir, recorder, chief, loaded):
         )
     callbacks.append(recorder)  # last: it records what the others added to the logs
     return callbacks
+
+
+def noise_evaluation(loaded):
+    """The training part and its labels for memorisation each epoch, under label noise."""
+    if not FLAGS.label_noise:
+        return None
+    regime = loaded.regime
+    return loaded.train_eval, regime.train_true_labels, regime.train_labels
 
 
 def train(model, strategy, train_data, callbacks, *, initial_epoch, log_dir, jit_compile):

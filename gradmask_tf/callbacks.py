@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from gradmask_tf import runs
+from gradmask_tf.data import noise_metrics
 from gradmask_tf.training import set_masks_enabled
 
 
@@ -91,14 +92,19 @@ class EpochEvaluation(keras.callbacks.Callback):
         `val_accuracy` (atomically), or None.
       history: History rows of the epochs already run: the best so far is theirs.
       write: False on workers that must not write.
+      noise: Under label noise, `(dataset, true_labels, noisy_labels)` of the training
+        part (batched, unshuffled, in the order of the labels): adds `memorisation` and
+        `clean_train_accuracy` (`data.noise_metrics`) to the epoch's logs, so the
+        history shows when the flipped labels are learned; None otherwise.
     """
 
-    def __init__(self, datasets, best_weights=None, history=(), write=True):
+    def __init__(self, datasets, best_weights=None, history=(), write=True, noise=None):
         super().__init__()
         self.datasets = dict(datasets)
         self.best_weights = best_weights
         self.best = best_epoch(history)[1]
         self.write = write
+        self.noise = noise
         self._predict = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -108,6 +114,13 @@ class EpochEvaluation(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         for key, dataset in self.datasets.items():
             logs[key] = accuracy(self.model, dataset, self._predict)
+        if self.noise is not None:
+            dataset, true_labels, noisy_labels = self.noise
+            predictions = predicted_classes(self.model, dataset, self._predict)
+            values = noise_metrics(predictions, true_labels, noisy_labels)
+            for key, value in zip(("memorisation", "clean_train_accuracy"), values):
+                if value is not None:
+                    logs[key] = value
         if self.best_weights is not None and logs["val_accuracy"] > self.best:
             self.best = logs["val_accuracy"]
             if self.write:

@@ -199,11 +199,16 @@ def test_a_plan_runs_every_regime_and_rebuilds_from_its_results(tmp_path, idx_di
     assert (directory / "fast" / "report.md").is_file() and (directory / "report.md").is_file()
 
 
-@pytest.mark.parametrize("name", ["claims", "regimes"])
+@pytest.mark.parametrize("name", ["claims", "regimes", "label-noise-2x2"])
 def test_the_shipped_plans_are_valid(name):
     from eval import plans
 
     plan = plans.load(name)
+    if name == "label-noise-2x2":  # issue 17: fresh seeds, primaries in one cell
+        assert plan["seeds"] == [5, 6, 7, 8, 9]
+        assert [len(r["arms"]) for r in plan["regimes"]] == [3, 3, 3, 3]
+        assert [len(r["primary"]) for r in plan["regimes"]] == [2, 0, 0, 0]
+        return
     assert plan["seeds"] == [0, 1, 2, 3, 4]
     if name == "regimes":
         assert [len(r["arms"]) for r in plan["regimes"]] == [10, 5, 5]

@@ -363,6 +363,10 @@ def test_label_noise_run_writes_its_regime_and_metrics(regime_runs, idx_dir):
     assert (run_dir / "best.weights.h5").is_file()
     for key in ("memorisation", "clean_train_accuracy"):
         assert 0 <= metrics[key] <= 1
+        # Recorded each epoch too: the curve ends at the final weights' figure.
+        curve = [float(row[key]) for row in history]
+        assert len(curve) == 3 and all(0 <= value <= 1 for value in curve)
+        assert curve[-1] == pytest.approx(metrics[key], abs=1e-12)
     assert metrics["test_accuracy"] == pytest.approx(tests[-1], abs=1e-6)
 
 
