@@ -1,4 +1,4 @@
-"""Tests of `gradmask_tf.data`: IDX files, TFDS (mocked), the pipeline, and errors."""
+"""Tests of `gradmask_tf.data`: IDX files, TFDS (mocked), the pipeline, regimes, and errors."""
 
 import gzip
 import os
@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from gradmask_tf import data
+from gradmask_tf.data import sources
 from tests.idx import write_idx
 
 NUM_TRAIN = 20
@@ -344,14 +345,14 @@ def test_unavailable_when_offline(tmp_path, monkeypatch):
 def test_unavailable_when_download_fails(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow_datasets")
     monkeypatch.delenv("GRADMASK_OFFLINE", raising=False)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "absent"))
 
     def no_network(builder, split, download):
         if download:
             raise ConnectionError("no route to host\nsecond line")
         raise AssertionError("not prepared")
 
-    monkeypatch.setattr(data, "_tfds_dataset", no_network)
+    monkeypatch.setattr(sources, "_tfds_dataset", no_network)
     with pytest.raises(data.DatasetUnavailableError) as error:
         data.load("fashion_mnist", "test", data_dir=str(tmp_path))
     message = str(error.value)
@@ -369,14 +370,14 @@ def test_unknown_dataset_name():
 def test_fashion_mnist_prefers_debian_files_to_a_download(idx_dir, monkeypatch):
     pytest.importorskip("tensorflow_datasets")
     directory, arrays = idx_dir
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", str(directory))
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", str(directory))
 
     def not_prepared(builder, split, download):
         if download:
             raise AssertionError("must not download while a local copy exists")
         raise AssertionError("not prepared")
 
-    monkeypatch.setattr(data, "_tfds_dataset", not_prepared)
+    monkeypatch.setattr(sources, "_tfds_dataset", not_prepared)
     _, labels = _arrays(data.load("fashion_mnist", "test"))
     np.testing.assert_array_equal(labels, arrays["test"][1])
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from gradmask_tf import data
+from gradmask_tf.data import sources
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -57,7 +58,7 @@ def served_fashion_mnist(monkeypatch):
         {url: checksums.compute_url_info(path) for url, path in urls.items()},
     )
     # Neither the prepared-copy fallback nor the offline switch may short-cut the download.
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", "/nonexistent")
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", "/nonexistent")
     monkeypatch.delenv("GRADMASK_OFFLINE", raising=False)
     yield fetched
 
