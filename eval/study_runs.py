@@ -24,14 +24,12 @@ import signal
 import subprocess
 import sys
 
+from gradmask_tf.files import CONFIG, HISTORY, METRICS
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# Names of gradmask_tf/runs.py (not imported: it loads TensorFlow).
-CONFIG = "config.json"
-METRICS = "metrics.json"
-
 # The small files of a finished run that a report needs, copied to --results_dir.
-RESULT_FILES = ("config.json", "metrics.json", "history.csv")
+RESULT_FILES = (CONFIG, METRICS, HISTORY)
 # Evaluation outputs copied beside them: the JSON results and the saliency maps of the
 # report's figure (a few images: small); never models, checkpoints or logs.
 EVAL_RESULT_PATTERNS = ("*.json", "saliency_maps.npz")

@@ -1,117 +1,39 @@
-"""Run directories: atomic files, epoch checkpoints that resume, and export.
+"""Run directories: epoch checkpoints that resume, export, and the run decision.
 
 `prepare_run_dir` decides, before anything is written, whether a run starts anew,
-resumes or replaces the directory's contents.
-
-A run directory holds `config.json`, `history.csv`, `logs/` (TensorBoard),
-`checkpoints/`, and once finished `model.keras`, `saved_model/` and `metrics.json`.
-Every file is written to a temporary name and renamed into place, so a run killed at
-any moment leaves either the old file or the new one, never half of one.
+resumes or replaces the directory's contents. The run directory's file names and its
+atomic writes are `gradmask_tf.files`' (TensorFlow-free), re-exported here.
 """
 
-import csv
-import io
-import json
 import os
 import pathlib
 import re
 import shutil
-import tempfile
 
 import keras
 import tensorflow as tf
 
-CHECKPOINTS = "checkpoints"
-CONFIG = "config.json"
-HISTORY = "history.csv"
-METRICS = "metrics.json"
-MODEL = "model.keras"
-SAVED_MODEL = "saved_model"
-LOGS = "logs"
+from gradmask_tf.files import (  # noqa: F401 (re-exported: runs.atomic_write_json, runs.CONFIG, ...)
+    CHECKPOINTS,
+    CONFIG,
+    HISTORY,
+    LOGS,
+    METRICS,
+    MODEL,
+    SAVED_MODEL,
+    atomic_directory,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    history_csv,
+    read_history,
+    read_json,
+)
 
 _CHECKPOINT = re.compile(r"^epoch-(\d{4,})$")
 _WEIGHTS = "state.weights.h5"
 _SEED_STATES = "seed_generators.json"
 _CHECKPOINT_HISTORY = "history.json"
-
-
-def atomic_write(path, write, *, binary=False):
-    """Calls `write(file)` on a temporary file, then renames it to `path`.
-
-    A reader sees the old file or the new one, never half of one; the file is made
-    readable by all (mkstemp makes it private).
-    """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix
-    )
-    try:
-        with os.fdopen(descriptor, "wb" if binary else "w") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path, text):
-    """Writes `text` to `path` atomically."""
-    atomic_write(path, lambda file: file.write(text))
-
-
-def atomic_write_json(path, value):
-    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path):
-    with open(path) as file:
-        return json.load(file)
-
-
-def atomic_directory(path, write):
-    """Calls `write(temporary_directory)`, then renames it to `path` (replacing it)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
-        write(temporary)
-        if path.exists():
-            stale = path.with_name(f".{path.name}.old")
-            shutil.rmtree(stale, ignore_errors=True)
-            os.replace(path, stale)
-            os.replace(temporary, path)
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            os.replace(temporary, path)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-
-
-def history_csv(rows):
-    """One CSV row per epoch: `epoch` first, then the metrics in sorted order."""
-    columns = sorted({key for row in rows for key in row} - {"epoch"})
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["epoch", *columns], lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow(row)
-    return buffer.getvalue()
-
-
-def read_history(run_dir):
-    path = pathlib.Path(run_dir) / HISTORY
-    if not path.exists():
-        return []
-    with open(path) as file:
-        return [
-            {key: int(value) if key == "epoch" else float(value) for key, value in row.items() if value != ""}
-            for row in csv.DictReader(file)
-        ]
 
 
 def latest_checkpoint(run_dir):

@@ -1,74 +1,22 @@
-"""Tests of `gradmask_tf.runs`: atomic files, checkpoints, history and the run decision."""
+"""Tests of `gradmask_tf.runs`: checkpoints, their history and the run decision."""
 
 import json
-import os
-import stat
 
 import keras
 import numpy as np
 import pytest
 
-from gradmask_tf import runs
+from gradmask_tf import files, runs
 
 FLAGS = {"epochs": 3, "seed": 0, "output_dir": "a", "overwrite": False}
 MAY_DIFFER = ("output_dir", "overwrite")
 
 
-def _leftovers(directory):
-    return sorted(path.name for path in directory.iterdir() if path.name.startswith("."))
-
-
-def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
-    path = tmp_path / "metrics.json"
-    runs.atomic_write_json(path, {"old": 1})
-
-    def fail_halfway(file):
-        file.write('{"new": ')
-        raise RuntimeError("killed")
-
-    with pytest.raises(RuntimeError):
-        runs.atomic_write(path, fail_halfway)
-    assert runs.read_json(path) == {"old": 1}
-    assert _leftovers(tmp_path) == []
-
-
-def test_atomic_write_replaces_the_file_readable_by_all(tmp_path):
-    path = tmp_path / "deeper" / "notes.txt"
-    runs.atomic_write_text(path, "old")
-    runs.atomic_write_text(path, "new")
-    assert path.read_text() == "new"
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
-    runs.atomic_write(path, lambda file: file.write(b"\x00\x01"), binary=True)
-    assert path.read_bytes() == b"\x00\x01"
-    assert _leftovers(path.parent) == []
-
-
-def test_atomic_directory_keeps_the_old_directory_when_writing_fails(tmp_path):
-    path = tmp_path / "saved_model"
-    runs.atomic_directory(path, lambda directory: (directory / "a").write_text("old"))
-
-    def fail_halfway(directory):
-        (directory / "a").write_text("new")
-        raise RuntimeError("killed")
-
-    with pytest.raises(RuntimeError):
-        runs.atomic_directory(path, fail_halfway)
-    assert [p.name for p in path.iterdir()] == ["a"] and (path / "a").read_text() == "old"
-    runs.atomic_directory(path, lambda directory: (directory / "b").write_text("new"))
-    assert [p.name for p in path.iterdir()] == ["b"]
-    assert _leftovers(tmp_path) == []
-
-
-def test_history_csv_puts_epoch_first_and_reads_back(tmp_path):
-    rows = [
-        {"epoch": 1, "loss": 2.5, "accuracy": 0.25},
-        {"epoch": 2, "loss": 1.5, "accuracy": 0.5, "gsnr": 0.125},
-    ]
-    text = runs.history_csv(rows)
-    assert text.splitlines()[0] == "epoch,accuracy,gsnr,loss"
-    runs.atomic_write_text(tmp_path / runs.HISTORY, text)
-    assert runs.read_history(tmp_path) == rows  # the missing gsnr stays missing
-    assert runs.read_history(tmp_path / "none") == []
+def test_the_file_helpers_are_re_exported_from_files():
+    for name in ("atomic_write", "atomic_write_text", "atomic_write_json", "read_json",
+                 "atomic_directory", "history_csv", "read_history", "CONFIG", "HISTORY",
+                 "METRICS", "MODEL", "SAVED_MODEL", "LOGS", "CHECKPOINTS"):
+        assert getattr(runs, name) is getattr(files, name), name
 
 
 def _model(seed):

@@ -1,0 +1,109 @@
+"""The files of a run directory: their names, and writing them so none is ever half-written.
+
+A run directory holds `config.json`, `history.csv`, `logs/` (TensorBoard),
+`checkpoints/`, and once finished `model.keras`, `saved_model/` and `metrics.json`.
+Every file is written to a temporary name and renamed into place, so a run killed at
+any moment leaves either the old file or the new one, never half of one.
+
+Standard library only, so that a process that only reads or copies run files (a study,
+a report, a Ray worker) need not load TensorFlow; checkpoints and export are
+`gradmask_tf.runs`'.
+"""
+
+import csv
+import io
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+CHECKPOINTS = "checkpoints"
+CONFIG = "config.json"
+HISTORY = "history.csv"
+METRICS = "metrics.json"
+MODEL = "model.keras"
+SAVED_MODEL = "saved_model"
+LOGS = "logs"
+
+
+def atomic_write(path, write, *, binary=False):
+    """Calls `write(file)` on a temporary file, then renames it to `path`.
+
+    A reader sees the old file or the new one, never half of one; the file is made
+    readable by all (mkstemp makes it private).
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix
+    )
+    try:
+        with os.fdopen(descriptor, "wb" if binary else "w") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        pathlib.Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path, text):
+    """Writes `text` to `path` atomically."""
+    atomic_write(path, lambda file: file.write(text))
+
+
+def atomic_write_json(path, value):
+    """Writes `value` to `path` atomically as JSON, indented, keys sorted."""
+    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path):
+    with open(path) as file:
+        return json.load(file)
+
+
+def atomic_directory(path, write):
+    """Calls `write(temporary_directory)`, then renames it to `path` (replacing it)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        write(temporary)
+        if path.exists():
+            stale = path.with_name(f".{path.name}.old")
+            shutil.rmtree(stale, ignore_errors=True)
+            os.replace(path, stale)
+            os.replace(temporary, path)
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            os.replace(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def history_csv(rows):
+    """One CSV row per epoch: `epoch` first, then the metrics in sorted order."""
+    columns = sorted({key for row in rows for key in row} - {"epoch"})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["epoch", *columns], lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return buffer.getvalue()
+
+
+def read_history(run_dir):
+    """The rows of `run_dir`'s `history.csv` (`[]` without one): `epoch` an int, the
+    metrics floats, empty cells left out."""
+    path = pathlib.Path(run_dir) / HISTORY
+    if not path.exists():
+        return []
+    with open(path) as file:
+        return [
+            {key: int(value) if key == "epoch" else float(value) for key, value in row.items() if value != ""}
+            for row in csv.DictReader(file)
+        ]
