@@ -35,9 +35,10 @@ from gradmask_tf.ops import RULES  # noqa: E402
 PROGRAM = "python -m eval.benchmark"
 # The rules with a matched control (METHOD.md section 2).
 CONTROL_RULES = tuple(rule for rule in RULES if rule not in ("none", "random"))
-# train.py's default: the mask metrics are measured every 10 steps.
-METRICS_EVERY = 10
-# The training-step arms: (name, rule, mask options, mask metrics every N steps).
+# The package's default (GradMaskModel, as train.py): the mask metrics every 10 steps.
+METRICS_EVERY = None
+# The training-step arms: (name, rule, mask options, mask metrics every N steps; None:
+# the model's default, as a user who builds and fits meets it).
 STEP_ARMS = (
     ("none", "none", {}, METRICS_EVERY),
     ("mean", "mean", {}, METRICS_EVERY),
@@ -165,7 +166,8 @@ def step_candidates(architecture, input_shape, batch_size, arms, jit_modes, bloc
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"],
             )
-            model.mask_metrics_every = every
+            if every is not None:
+                model.mask_metrics_every = every
             step = tf.function(model.train_step, jit_compile=jit_compile)
 
             def run(step=step):
@@ -250,7 +252,7 @@ def _validate(args, suites):
     return shape
 
 
-def main(argv=None):
+def _arguments(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--shape", default="128,28,28,32", help="op suite: gradient shape")
@@ -259,7 +261,61 @@ def main(argv=None):
     )
     parser.add_argument("--step_repeats", type=int, default=30)
     parser.add_argument("--batch_size", type=int, default=128)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _op_suite(shape, args):
+    """The op's backward against the identities, with its table."""
+    op = benchmark_op(shape, args.repeats)
+    _print_table(
+        f"Op backward on a {list(shape)} float32 gradient ({op['megabytes']} MB), no XLA, "
+        f"median of {args.repeats}",
+        op["rows"],
+        ("name", "ms", "vs_identity", "gradient_passes"),
+    )
+    return {"op_backward": op}
+
+
+def _step_suite(args):
+    """The default cnn's training step for every arm, then with XLA on and off."""
+    step = benchmark_step(
+        "cnn", (28, 28, 1), args.batch_size, args.step_repeats, STEP_ARMS, (False,)
+    )
+    _print_table(
+        f"Training step, default cnn on 28x28x1, batch {args.batch_size}, no XLA, "
+        "mask metrics at the model's default (every 10 steps) unless said; median of "
+        f"{args.step_repeats} repeats of 10 steps",
+        step["rows"],
+        ("name", "ms", "vs_none", "spread"),
+    )
+    xla = benchmark_step(
+        "cnn", (28, 28, 1), args.batch_size, args.step_repeats, STEP_ARMS[:2], (False, True),
+    )
+    _print_table(
+        "The same step with XLA on and off",
+        xla["rows"],
+        ("name", "ms", "vs_none", "spread", "vs_none_no_xla"),
+    )
+    return {"train_step": step, "train_step_xla": xla}
+
+
+def _resnet50_suite(args):
+    """insert_masks on keras.applications.ResNet50 (49 mask points), small input."""
+    step = benchmark_step(
+        "keras.applications.ResNet50", (32, 32, 3), 32, max(args.step_repeats // 2, 3),
+        STEP_ARMS[:2], (False,),
+    )
+    _print_table(
+        "Training step, keras.applications.ResNet50 with insert_masks, 32x32x3, "
+        "batch 32, no XLA",
+        step["rows"],
+        ("name", "ms", "vs_none", "spread"),
+    )
+    return {"resnet50_step": step}
+
+
+def main(argv=None):
+    args = _arguments(argv)
     suites = args.suites.split(",")
     try:
         shape = _validate(args, suites)
@@ -275,46 +331,11 @@ def main(argv=None):
     tf.get_logger().setLevel("ERROR")
     result = {"environment": environment()}
     if "op" in suites:
-        result["op_backward"] = benchmark_op(shape, args.repeats)
-        _print_table(
-            f"Op backward on a {list(shape)} float32 gradient "
-            f"({result['op_backward']['megabytes']} MB), no XLA, "
-            f"median of {args.repeats}",
-            result["op_backward"]["rows"],
-            ("name", "ms", "vs_identity", "gradient_passes"),
-        )
+        result.update(_op_suite(shape, args))
     if "step" in suites:
-        result["train_step"] = benchmark_step(
-            "cnn", (28, 28, 1), args.batch_size, args.step_repeats, STEP_ARMS, (False,)
-        )
-        _print_table(
-            f"Training step, default cnn on 28x28x1, batch {args.batch_size}, no XLA, "
-            f"mask metrics every {METRICS_EVERY} steps unless said; median of "
-            f"{args.step_repeats} repeats of {METRICS_EVERY} steps",
-            result["train_step"]["rows"],
-            ("name", "ms", "vs_none", "spread"),
-        )
-        result["train_step_xla"] = benchmark_step(
-            "cnn", (28, 28, 1), args.batch_size, args.step_repeats, STEP_ARMS[:2],
-            (False, True),
-        )
-        _print_table(
-            "The same step with XLA on and off",
-            result["train_step_xla"]["rows"],
-            ("name", "ms", "vs_none", "spread", "vs_none_no_xla"),
-        )
+        result.update(_step_suite(args))
     if "resnet50" in suites:
-        # insert_masks on keras.applications.ResNet50 (49 mask points), small input.
-        result["resnet50_step"] = benchmark_step(
-            "keras.applications.ResNet50", (32, 32, 3), 32, max(args.step_repeats // 2, 3),
-            STEP_ARMS[:2], (False,),
-        )
-        _print_table(
-            "Training step, keras.applications.ResNet50 with insert_masks, 32x32x3, "
-            "batch 32, no XLA",
-            result["resnet50_step"]["rows"],
-            ("name", "ms", "vs_none", "spread"),
-        )
+        result.update(_resnet50_suite(args))
     print(json.dumps(result))
     return 0
 
