@@ -5,12 +5,17 @@ A run directory holds `config.json`, `history.csv`, `logs/` (TensorBoard),
 Every file is written to a temporary name and renamed into place, so a run killed at
 any moment leaves either the old file or the new one, never half of one.
 
+A checkpoint directory is vouched for by its manifest (`write_manifest`): each file's
+size and sha256, written last, so `check_manifest` tells an intact checkpoint from one
+that was truncated, emptied, altered or left incomplete.
+
 Standard library only, so that a process that only reads or copies run files (a study,
 a report, a Ray worker) need not load TensorFlow; checkpoints and export are
 `gradmask_tf.runs`'.
 """
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -25,6 +30,7 @@ METRICS = "metrics.json"
 MODEL = "model.keras"
 SAVED_MODEL = "saved_model"
 LOGS = "logs"
+MANIFEST = "manifest.json"
 
 
 def atomic_write(path, write, *, binary=False):
@@ -83,6 +89,64 @@ def atomic_directory(path, write):
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+def file_sha256(path):
+    """The sha256 of the file at `path`, as a hexadecimal string."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory):
+    """Records the size and sha256 of each file in `directory` in its `manifest.json`.
+
+    Write it last: a directory without one is incomplete. Files are named by their
+    path relative to `directory`, with `/` between parts.
+    """
+    directory = pathlib.Path(directory)
+    entries = {
+        path.relative_to(directory).as_posix(): {
+            "sha256": file_sha256(path),
+            "size": path.stat().st_size,
+        }
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
+    atomic_write_json(directory / MANIFEST, {"files": entries})
+
+
+def check_manifest(directory):
+    """Why `directory` does not match its manifest, in a few words; None if it does.
+
+    Files the manifest does not name are not looked at.
+    """
+    directory = pathlib.Path(directory)
+    try:
+        entries = read_json(directory / MANIFEST)["files"]
+        if not isinstance(entries, dict) or not entries:
+            raise ValueError
+    except FileNotFoundError:
+        return f"no {MANIFEST}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{MANIFEST} unreadable"
+    for name, expected in sorted(entries.items()):
+        path = directory / name
+        try:
+            size = path.stat().st_size
+            if size != expected["size"]:
+                return f"{name}: {size} bytes, expected {expected['size']}"
+            if file_sha256(path) != expected["sha256"]:
+                return f"{name}: checksum differs"
+        except FileNotFoundError:
+            return f"{name}: missing"
+        except OSError as error:
+            return f"{name}: unreadable ({error.strerror or type(error).__name__})"
+        except (KeyError, TypeError):
+            return f"{MANIFEST} unreadable"
+    return None
 
 
 def history_csv(rows):

@@ -1,14 +1,18 @@
 """Run directories: epoch checkpoints that resume, export, and the run decision.
 
 `prepare_run_dir` decides, before anything is written, whether a run starts anew,
-resumes or replaces the directory's contents. The run directory's file names and its
-atomic writes are `gradmask_tf.files`' (TensorFlow-free), re-exported here.
+resumes or replaces the directory's contents. The two newest checkpoints are kept, each
+with a manifest of its files' sizes and checksums; a resume (`checkpoint_to_resume`)
+verifies them, moves a damaged one aside and goes on from the one before it. The run
+directory's file names, its atomic writes and the manifests are `gradmask_tf.files`'
+(TensorFlow-free), re-exported here.
 """
 
 import os
 import pathlib
 import re
 import shutil
+import sys
 
 import keras
 import tensorflow as tf
@@ -18,6 +22,7 @@ from gradmask_tf.files import (  # noqa: F401 (re-exported: runs.atomic_write_js
     CONFIG,
     HISTORY,
     LOGS,
+    MANIFEST,
     METRICS,
     MODEL,
     SAVED_MODEL,
@@ -25,27 +30,124 @@ from gradmask_tf.files import (  # noqa: F401 (re-exported: runs.atomic_write_js
     atomic_write,
     atomic_write_json,
     atomic_write_text,
+    check_manifest,
     history_csv,
     read_history,
     read_json,
+    write_manifest,
 )
 
 _CHECKPOINT = re.compile(r"^epoch-(\d{4,})$")
 _WEIGHTS = "state.weights.h5"
 _SEED_STATES = "seed_generators.json"
 _CHECKPOINT_HISTORY = "history.json"
+NUM_KEPT_CHECKPOINTS = 2
+
+
+def _checkpoints(run_dir):
+    """`[(epoch, path)]` of the run's checkpoint directories, newest first."""
+    directory = pathlib.Path(run_dir) / CHECKPOINTS
+    if not directory.is_dir():
+        return []
+    found = []
+    for entry in directory.iterdir():
+        match = _CHECKPOINT.match(entry.name)
+        if match and entry.is_dir():
+            found.append((int(match.group(1)), entry))
+    return sorted(found, reverse=True)
 
 
 def latest_checkpoint(run_dir):
-    """`(epoch, path)` of the newest complete checkpoint, or `(0, None)`."""
-    directory = pathlib.Path(run_dir) / CHECKPOINTS
-    best = (0, None)
-    if directory.is_dir():
-        for entry in directory.iterdir():
-            match = _CHECKPOINT.match(entry.name)
-            if match and (entry / _WEIGHTS).exists() and int(match.group(1)) > best[0]:
-                best = (int(match.group(1)), entry)
-    return best
+    """`(epoch, path)` of the newest checkpoint holding weights, or `(0, None)`.
+
+    Its files are not verified: a resume uses `checkpoint_to_resume`.
+    """
+    for epoch, path in _checkpoints(run_dir):
+        if (path / _WEIGHTS).exists():
+            return epoch, path
+    return 0, None
+
+
+def _print_to_stderr(line):
+    print(line, file=sys.stderr, flush=True)
+
+
+def checkpoint_to_resume(run_dir, warn=_print_to_stderr):
+    """`(epoch, path)` of the newest intact checkpoint, or `(0, None)` if there is none.
+
+    Each checkpoint is checked against its manifest, newest first. A damaged one
+    (truncated, emptied, altered, a file or the manifest missing) is moved aside to
+    `checkpoints/damaged-epoch-NNNN`, never deleted, and named in one line to `warn`;
+    the run goes on from the intact one before it, and `history.csv` is put back as
+    that checkpoint holds it, so the epochs after it run again and each is recorded
+    once. A lone checkpoint without a manifest, as written before checkpoints had
+    one, is used if its files open, with one line to `warn`.
+
+    Args:
+      run_dir: The run directory.
+      warn: Called with each line about a damaged or unverified checkpoint. Defaults
+        to printing it on stderr.
+
+    Returns:
+      `(epoch, path)`: the last finished epoch and its checkpoint, `(0, None)` if the
+      run directory holds no checkpoint.
+
+    Raises:
+      RunDirectoryError: Checkpoints exist but none is intact (one line; nothing is
+        moved or deleted).
+    """
+    run_dir = pathlib.Path(run_dir)
+    checkpoints = _checkpoints(run_dir)
+    if not checkpoints:
+        return 0, None
+    damaged = []
+    for epoch, path in checkpoints:
+        reason = check_manifest(path)
+        if reason == f"no {MANIFEST}" and len(checkpoints) == 1:
+            reason = _unverified_damage(path)
+            if reason is None:
+                warn(f"checkpoint {path} has no {MANIFEST} (written by an older version); "
+                     f"resuming after epoch {epoch} unverified")
+        if reason is None:
+            break
+        damaged.append((path, reason))
+    else:
+        found = "; ".join(f"{path.name}: {reason}" for path, reason in damaged)
+        raise RunDirectoryError(
+            f"--output_dir={run_dir} holds no intact checkpoint ({found}); pass "
+            "--overwrite to start the run again"
+        )
+    for bad, reason in damaged:
+        moved = _move_aside(bad)
+        warn(f"checkpoint {bad} is damaged ({reason}); moved to {moved}; "
+             f"resuming after epoch {epoch}")
+    if damaged:
+        atomic_write_text(run_dir / HISTORY, history_csv(read_json(path / _CHECKPOINT_HISTORY)))
+    return epoch, path
+
+
+def _unverified_damage(path):
+    """Why a checkpoint without a manifest cannot be used, or None if its files open."""
+    import h5py  # Keras's own reader of `.weights.h5`, only for such checkpoints
+
+    try:
+        read_json(path / _CHECKPOINT_HISTORY)
+        with h5py.File(path / _WEIGHTS, "r"):
+            pass
+    except (OSError, ValueError) as error:
+        return f"no {MANIFEST}, and its files do not open: {' '.join(str(error).split())}"
+    return None
+
+
+def _move_aside(path):
+    """Renames checkpoint `path` to a free `damaged-<name>[-N]` beside it; returns it."""
+    target = path.with_name(f"damaged-{path.name}")
+    number = 1
+    while target.exists():
+        number += 1
+        target = path.with_name(f"damaged-{path.name}-{number}")
+    os.rename(path, target)
+    return target
 
 
 def seed_generator_states(model):
@@ -85,11 +187,13 @@ def write_checkpoint(run_dir, epoch, model, history_rows, files=()):
     """Commits a finished epoch: its checkpoint, then `history.csv`; drops older ones.
 
     The checkpoint directory is the commit point: it is renamed into place only once
-    complete, and holds the history up to its epoch, so a resumed run restarts from
-    exactly the last finished epoch and runs no epoch twice. It holds everything that
-    training changes: the weights, the optimizer's state (its iterations too) and the
-    state of the seed generators, so the resumed run draws what an uninterrupted one
-    would.
+    complete, its manifest (sizes and sha256 of its files) written last, and holds the
+    history up to its epoch, so a resumed run restarts from exactly the last finished
+    epoch and runs no epoch twice. It holds everything that training changes: the
+    weights, the optimizer's state (its iterations too) and the state of the seed
+    generators, so the resumed run draws what an uninterrupted one would. The previous
+    checkpoint is kept, so a damaged newest one costs one epoch (`checkpoint_to_resume`);
+    older ones are deleted once this one is complete.
 
     Args:
       run_dir: The run directory.
@@ -115,12 +219,15 @@ def write_checkpoint(run_dir, epoch, model, history_rows, files=()):
         for name in files:
             if (run_dir / name).exists():
                 shutil.copyfile(run_dir / name, directory / name)
+        write_manifest(directory)  # last: without it the checkpoint is incomplete
 
     atomic_directory(checkpoint, write)
     atomic_write_text(run_dir / HISTORY, history_csv(history_rows))
-    for entry in (run_dir / CHECKPOINTS).iterdir():
-        if entry != checkpoint and _CHECKPOINT.match(entry.name):
-            shutil.rmtree(entry, ignore_errors=True)
+    # This one and the newest before it stay; any later one is from an abandoned past.
+    earlier = [path for number, path in _checkpoints(run_dir) if number < epoch]
+    for number, path in _checkpoints(run_dir):
+        if path != checkpoint and path not in earlier[: NUM_KEPT_CHECKPOINTS - 1]:
+            shutil.rmtree(path, ignore_errors=True)
     return checkpoint
 
 

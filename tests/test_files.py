@@ -78,3 +78,56 @@ def test_files_imports_nothing_heavy():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def _manifested(tmp_path):
+    directory = tmp_path / "checkpoint"
+    (directory / "deeper").mkdir(parents=True)
+    (directory / "weights.h5").write_bytes(bytes(range(256)) * 4)
+    (directory / "deeper" / "history.json").write_text("[]\n")
+    files.write_manifest(directory)
+    return directory
+
+
+def _change_one_byte(path):
+    data = bytearray(path.read_bytes())
+    data[512] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_write_manifest_records_each_file_size_and_sha256(tmp_path):
+    directory = _manifested(tmp_path)
+    manifest = files.read_json(directory / files.MANIFEST)["files"]
+    assert sorted(manifest) == ["deeper/history.json", "weights.h5"]
+    assert manifest["weights.h5"]["size"] == 1024
+    assert manifest["deeper/history.json"] == {
+        "sha256": "37517e5f3dc66819f61f5a7bb8ace1921282415f10551d2defa5c3eb0985b570",  # of "[]\n"
+        "size": 3,
+    }
+    assert files.check_manifest(directory) is None
+    (directory / "notes.txt").write_text("added later")  # not named: not looked at
+    assert files.check_manifest(directory) is None
+    assert _leftovers(directory) == []
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda d: (d / "weights.h5").write_bytes(bytes(100)),
+         "weights.h5: 100 bytes, expected 1024"),
+        (lambda d: (d / "weights.h5").write_bytes(b""), "weights.h5: 0 bytes, expected 1024"),
+        (lambda d: _change_one_byte(d / "weights.h5"), "weights.h5: checksum differs"),
+        (lambda d: (d / "deeper" / "history.json").unlink(), "deeper/history.json: missing"),
+        (lambda d: (d / files.MANIFEST).unlink(), "no manifest.json"),
+        (lambda d: (d / files.MANIFEST).write_text('{"files": '), "manifest.json unreadable"),
+        (lambda d: (d / files.MANIFEST).write_text('{"files": {}}'), "manifest.json unreadable"),
+        (lambda d: (d / files.MANIFEST).write_text('{"files": {"weights.h5": 3}}'),
+         "manifest.json unreadable"),
+    ],
+    ids=["truncated", "emptied", "one byte changed", "a file missing", "no manifest",
+         "manifest cut", "manifest empty", "manifest malformed"],
+)
+def test_check_manifest_names_what_is_damaged(tmp_path, damage, reason):
+    directory = _manifested(tmp_path)
+    damage(directory)
+    assert files.check_manifest(directory) == reason
