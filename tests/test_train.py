@@ -434,3 +434,30 @@ def test_real_fashion_mnist(tmp_path):
     assert metrics["num_test_examples"] == 1000
     # One short epoch on 3000 real images lands far above chance (0.1).
     assert metrics["test_accuracy"] > 0.6
+
+
+def test_resume_moves_a_damaged_checkpoint_aside_and_runs_its_epoch_again(idx_dir, tmp_path):
+    run_dir, checkpoints = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    args = ["--epochs=6", "--batch_size=16", "--max_test_examples=32",
+            f"--data_dir={idx_dir}", f"--output_dir={run_dir}"]
+    process = start(args)
+    deadline = time.time() + 300
+    while not (checkpoints / "epoch-0002").exists():
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert not (run_dir / "metrics.json").exists()
+    newest = max(path.name for path in checkpoints.glob("epoch-*"))
+    weights = checkpoints / newest / "state.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated, as by a full disk
+
+    result = run(args)
+    assert_ok(result)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    named = [line for line in result.stderr.splitlines() if "damaged" in line]
+    assert len(named) == 1 and f"{newest} is damaged (state.weights.h5: " in named[0], named
+    assert f"resuming after epoch {int(newest[-4:]) - 1}" in named[0]
+    assert (checkpoints / f"damaged-{newest}" / "state.weights.h5").stat().st_size == 1000
+    assert_complete_run(run_dir, epochs=6)  # each epoch once in history.csv
