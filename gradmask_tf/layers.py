@@ -1,11 +1,16 @@
-"""`GradientMask`: the Keras 3 layer around the op in `ops.py`."""
+"""`GradientMask`: the Keras 3 layer around the op in `gradmask_tf.ops`.
+
+Its arguments are the op's parameters, declared in `gradmask_tf.mask_params`; the
+signature stays explicit (as Keras layers have it), and tests/test_mask_params.py
+holds it, and `get_config`, to those declarations.
+"""
 
 import itertools
 
 import keras
 import numpy as np
 
-from gradmask_tf import ops
+from gradmask_tf import mask_params, ops
 
 
 def point_seeds(seed):
@@ -98,19 +103,10 @@ class GradientMask(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.mask_config = ops.MaskConfig(
-            rule=rule,
-            scope=scope,
-            alpha=alpha,
-            kernel_size=kernel_size,
-            keep_fraction=keep_fraction,
-            soft=soft,
-            rescale=rescale,
-            control=control,
-            zone_size=zone_size,
-            inhibition_base=inhibition_base,
-            inhibition_strength=inhibition_strength,
-            sigma=sigma,
-            seed=seed,
+            rule=rule, scope=scope, alpha=alpha, kernel_size=kernel_size,
+            keep_fraction=keep_fraction, soft=soft, rescale=rescale, control=control,
+            zone_size=zone_size, inhibition_base=inhibition_base,
+            inhibition_strength=inhibition_strength, sigma=sigma, seed=seed,
         )
         self.rule = rule
         self.scope = scope
@@ -163,18 +159,7 @@ class GradientMask(keras.layers.Layer):
     def get_config(self):
         base_config = super().get_config()
         config = {
-            "rule": self.rule,
-            "scope": self.scope,
-            "alpha": self.alpha,
-            "kernel_size": self.kernel_size,
-            "keep_fraction": self.keep_fraction,
-            "soft": self.soft,
-            "rescale": self.rescale,
-            "control": self.control,
-            "zone_size": self.zone_size,
-            "inhibition_base": self.inhibition_base,
-            "inhibition_strength": self.inhibition_strength,
-            "sigma": self.sigma,
-            "seed": self.seed,
+            parameter.name: getattr(self, parameter.name)
+            for parameter in mask_params.PARAMETERS
         }
         return {**base_config, **config}
