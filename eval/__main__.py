@@ -191,7 +191,7 @@ def _pruning(run, options):
 
 
 def _saliency(run, options):
-    from eval import figures, saliency
+    from eval import figures, saliency, saliency_file
 
     result, maps = saliency.evaluate_saliency(
         run.model, run.test_data, methods=options["saliency_methods"],
@@ -199,17 +199,17 @@ def _saliency(run, options):
         seed=run.config["seed"],
     )
     images, labels = (array[: result["num_examples"]] for array in run.test_data)
-    saliency.save_maps(run.output / "saliency_maps.npz", images, labels, maps)
+    saliency_file.save_maps(run.output / saliency_file.FILE_NAME, images, labels, maps)
     row_labels = [f"label {int(label)}" for label in labels]
     return result, figures.plot_saliency(images, maps, title=run.title, row_labels=row_labels)
 
 
 def _quality(run, options):
-    from eval import figures, quality
+    from eval import figures, gsnr
     from gradmask_tf import data, runs
 
     probe = data.as_numpy(run.split("train", max_examples=options["probe_examples"]))
-    result = quality.evaluate_quality(
+    result = gsnr.evaluate_gsnr(
         run.model, probe, num_micro_batches=options["micro_batches"],
         history=runs.read_history(run.dir),
     )

@@ -36,15 +36,11 @@ from cleverhans.tf2.attacks.projected_gradient_descent import (
 )
 
 from eval import checks
+from eval.names import ATTACKS, PGD_STEP_SIZE_RULE
 from gradmask_tf.versions import library_versions
 
-ATTACKS = ("fgsm", "pgd", "bim", "mim")
-ITERATIVE_ATTACKS = ("pgd", "bim", "mim")
 DEFAULT_ATTACKS = ("fgsm", "pgd")
 DEFAULT_EPS = (0.01, 0.03, 0.05, 0.1)
-# Madry et al. (2018): 2.5 * eps / steps lets PGD walk to the far side of the ball
-# from a random start; CleverHans requires the step to be at most eps.
-PGD_STEP_SIZE_RULE = "min(2.5 * eps / pgd_steps, eps)"
 GRADIENTS = "exact (masks inactive at inference)"
 
 

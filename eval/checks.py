@@ -147,3 +147,19 @@ def floats(name, values, *, low, high=math.inf, high_included=False):
     if not values:
         raise invalid(name, f"a non-empty sequence of {interval}", [])
     return tuple({key(value): float(value) for value in values}.values())
+
+
+def single_input_output(model):
+    """The model, if it has one input (images) and one output (logits)."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise invalid("model", "one input (images) and one output (logits)",
+                      f"{len(model.inputs)} inputs and {len(model.outputs)} outputs")
+    return model
+
+
+def output_rank(layer):
+    """The rank of a layer's output; None for a layer used more than once."""
+    try:
+        return len(layer.output.shape)
+    except (AttributeError, ValueError):
+        return None

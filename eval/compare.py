@@ -340,7 +340,7 @@ def _mean_curve(members, key):
 
 def _figures(runs, groups, output_dir):
     """Writes the overlay figures; returns `[(file name, caption)]`."""
-    from eval import figures
+    from eval import figures, saliency_file
 
     first = {label: members[0] for label, members in groups.items()}
     drawn = []
@@ -362,7 +362,9 @@ def _figures(runs, groups, output_dir):
                   for label, curve in curves.items()}
         drawn.append(("gsnr.png", figures.plot_gsnr_over_training(curves),
                       "GSNR over training, mean over seeds"))
-    maps_files = {label: run.path / "eval" / "saliency_maps.npz" for label, run in first.items()}
+    maps_files = {
+        label: run.path / "eval" / saliency_file.FILE_NAME for label, run in first.items()
+    }
     saved = {label: np.load(path) for label, path in maps_files.items() if path.is_file()}
     if saved:
         drawn.append(("saliency.png", figures.plot_saliency_comparison(saved),

@@ -31,13 +31,13 @@ import numpy as np
 import tensorflow as tf
 
 from eval import checks, tfmot_compat
+from eval.names import PRUNING_MODES
 from gradmask_tf import ops
 from gradmask_tf.errors import invalid
 from gradmask_tf.optimizers import OPTIMIZERS, make_optimizer
 from gradmask_tf.versions import library_versions
 
 DEFAULT_SPARSITIES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
-MODES = ("one_shot", "fine_tuned")
 
 # Most mask updates a fine-tune makes while the sparsity ramps up (TF-MOT's default
 # frequency is 100 steps; a short fine-tune needs a finer one).
@@ -160,7 +160,7 @@ def evaluate_pruning(
         model, dense, images, batch_size=batch_size, reference_logits=reference_logits
     )
     layers = prunable_layer_names(dense)
-    results, schedule = {mode: {} for mode in MODES}, {}
+    results, schedule = {mode: {} for mode in PRUNING_MODES}, {}
     for sparsity in sparsities:
         key = checks.key(sparsity)
         pruned = prune_one_shot(twin(), sparsity)

@@ -2,6 +2,10 @@
 
 import json
 import os
+import pathlib
+import subprocess
+import sys
+import textwrap
 
 import matplotlib
 import numpy as np
@@ -10,9 +14,15 @@ from matplotlib import _pylab_helpers
 from matplotlib.figure import Figure
 
 from eval import figures
-from eval.adversarial import PGD_STEP_SIZE_RULE
+from eval.names import PGD_STEP_SIZE_RULE
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The evaluators and the libraries they adapt: drawing from result JSON needs none.
+EVALUATOR_MODULES = (
+    "eval.adversarial", "eval.pruning", "eval.saliency", "eval.vis_compat",
+    "eval.tfmot_compat", "cleverhans", "tf_keras_vis", "tensorflow_model_optimization",
+)
 
 
 def adversarial_result(clean, attacks=("fgsm", "pgd")):
@@ -187,3 +197,37 @@ def test_gsnr_over_training_has_one_line_per_group():
     (axes,) = figures.plot_gsnr_over_training(curves).axes
     assert [line.get_label() for line in axes.get_lines()] == ["none", "mean"]
     assert axes.get_yscale() == "log"
+
+
+def test_drawing_from_result_json_imports_no_evaluator(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import numpy as np
+        from eval import figures
+        from tests.test_figures import adversarial_result, pruning_result, quality_result
+        images = np.zeros((2, 4, 4, 1), np.float32)
+        images[:, 1:3, 1:3] = 1.0
+        maps = {{"saliency": np.ones((2, 4, 4)), "lateral_inhibition": np.ones((2, 4, 4))}}
+        drawn = [
+            figures.plot_adversarial(json.loads(json.dumps(adversarial_result(0.9)))),
+            figures.plot_pruning(pruning_result("mean", 0.9)),
+            figures.plot_quality(quality_result()),
+            figures.plot_gsnr_over_training({{"none": [(1, 0.01), (2, 0.02)]}}),
+            figures.plot_forest([dict(metric="m", rule="mean", versus="none", mean=0.1,
+                                      low=0.0, high=0.2)]),
+            figures.plot_saliency_comparison({{"a": {{"images": images, **maps}}}}),
+        ]
+        figures.save(drawn[0], {str(tmp_path / "adversarial.png")!r})
+        loaded = [name for name in {EVALUATOR_MODULES!r}
+                  if any(m == name or m.startswith(name + ".") for m in sys.modules)]
+        print(json.dumps(loaded))
+        """
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert json.loads(process.stdout.strip().splitlines()[-1]) == []
+    assert (tmp_path / "adversarial.png").read_bytes().startswith(PNG_SIGNATURE)

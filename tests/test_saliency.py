@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from eval import saliency
+from eval import focus, saliency
 from gradmask_tf import GradientMask, build_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -79,9 +79,9 @@ def test_maps_have_the_image_shape_and_are_finite_non_negative_distributions(
         np.testing.assert_allclose(method_maps.sum(axis=(1, 2)), 1.0, rtol=1e-5)
         # Not a constant map: the method saw the image.
         assert np.all(method_maps.std(axis=(1, 2)) > 0), method
-        focus = saliency.foreground_focus(method_maps, images)
-        assert focus.shape == (len(images),)
-        assert np.all((focus >= 0) & (focus <= 1)), (method, focus)
+        values = focus.foreground_focus(method_maps, images)
+        assert values.shape == (len(images),)
+        assert np.all((values >= 0) & (values <= 1)), (method, values)
 
 
 def test_vanilla_map_is_the_channel_max_of_the_absolute_input_gradient(model, data):
@@ -97,30 +97,8 @@ def test_vanilla_map_is_the_channel_max_of_the_absolute_input_gradient(model, da
     np.testing.assert_allclose(maps["saliency"], expected, rtol=1e-5, atol=1e-8)
 
 
-def test_foreground_focus_of_hand_made_maps():
-    images = np.zeros((3, 4, 4, 3), np.float32)
-    images[:, :, :2, 1] = 0.5  # The left half is object (one channel > 0 counts).
-    on_object = np.zeros((4, 4))
-    on_object[1, 0] = 2.0
-    on_background = np.zeros((4, 4))
-    on_background[:, 3] = 1.0
-    uniform = np.ones((4, 4))
-    maps = np.stack([on_object, on_background, uniform])
-    np.testing.assert_allclose(
-        saliency.foreground_focus(maps, images), [1.0, 0.0, 0.5]
-    )
-    np.testing.assert_allclose(saliency.object_share(images), [0.5, 0.5, 0.5])
-    split = np.zeros((4, 4))
-    split[0, 0], split[0, 3] = 3.0, 1.0
-    assert saliency.foreground_focus(split[None], images[:1])[0] == pytest.approx(0.75)
-
-
 def test_all_zero_maps_have_no_focus_and_are_excluded_with_a_count(data):
     images, labels = data
-    zero = np.zeros((2, *IMAGE_SHAPE[:2]))
-    assert np.all(np.isnan(saliency.foreground_focus(zero, images[:2])))
-    with pytest.raises(ValueError, match="non-negative"):
-        saliency.foreground_focus(-np.ones((2, *IMAGE_SHAPE[:2])), images[:2])
     # Logits that ignore the image: every gradient map is zero.
     blind = tiny_cnn()
     for layer in blind.layers:
@@ -277,13 +255,13 @@ def test_result_is_json_with_settings_and_the_maps(model, data):
     for key in ("foreground_focus", "foreground_focus_std", "num_excluded"):
         assert list(result[key]) == methods
     assert result["num_examples"] == 4
-    assert result["chance"] == pytest.approx(saliency.object_share(images[:4]).mean())
+    assert result["chance"] == pytest.approx(focus.object_share(images[:4]).mean())
     # The maps are those of the first images, and their focus is the result's.
     assert list(maps) == methods
     for method in methods:
         assert maps[method].shape == (4, *IMAGE_SHAPE[:2])
-        focus = saliency.foreground_focus(maps[method], images[:4])
-        assert result["foreground_focus"][method] == pytest.approx(focus.mean())
+        values = focus.foreground_focus(maps[method], images[:4])
+        assert result["foreground_focus"][method] == pytest.approx(values.mean())
     settings = result["settings"]
     assert settings["methods"] == methods
     assert settings["smoothgrad_samples"] == 3
@@ -293,23 +271,6 @@ def test_result_is_json_with_settings_and_the_maps(model, data):
     assert settings["masks"] == "inactive (exact gradients)"
     versions = settings["library_versions"]
     assert versions["tf-keras-vis"] and {"tensorflow", "keras"} <= set(versions)
-
-
-def test_saved_maps_round_trip(model, data, tmp_path):
-    images, labels = data
-    _, maps = saliency.evaluate_saliency(
-        model, (images, labels), methods=("saliency", "gradcam++"), **SMOKE
-    )
-    path = tmp_path / "eval" / "saliency_maps.npz"
-    saliency.save_maps(path, images, labels, maps)
-    saved = np.load(path)
-    assert sorted(saved.files) == ["gradcam++", "images", "labels", "saliency"]
-    np.testing.assert_array_equal(saved["images"], images)
-    np.testing.assert_array_equal(saved["labels"], labels)
-    np.testing.assert_array_equal(saved["saliency"], maps["saliency"])
-    assert os.listdir(path.parent) == ["saliency_maps.npz"]  # No temporary file left.
-    with pytest.raises(ValueError, match="method names"):
-        saliency.save_maps(path, images, labels, {"gradcam": maps["saliency"]})
 
 
 def test_smoothgrad_noise_is_seeded_and_numpy_state_restored(model, data):
@@ -341,96 +302,3 @@ def test_invalid_arguments_are_named(model, data):
         saliency.saliency_maps(model, images, labels, smoothgrad_samples=0)
     with pytest.raises(ValueError, match="smoothgrad_noise"):
         saliency.saliency_maps(model, images, labels, ("smoothgrad",), smoothgrad_noise=-1.0)
-
-
-def pooled_cnn(seed=0):
-    """conv-Activation("relu")-pool-conv(activation="relu")-GAP-dense: two ReLU
-    outputs of different sizes, one resized."""
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input(IMAGE_SHAPE, name="images")
-    x = keras.layers.Conv2D(
-        3, 3, padding="same", bias_initializer="random_normal", name="conv1"
-    )(inputs)
-    x = keras.layers.Activation("relu", name="act1")(x)
-    x = keras.layers.MaxPooling2D(name="pool")(x)
-    x = keras.layers.Conv2D(
-        4, 3, padding="same", activation="relu", bias_initializer="random_normal",
-        name="conv2",
-    )(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    outputs = keras.layers.Dense(NUM_CLASSES, name="logits")(x)
-    return keras.Model(inputs, outputs)
-
-
-def test_lateral_inhibition_matches_an_independent_scipy_computation(data):
-    from scipy import ndimage
-
-    images, labels = data
-    model = pooled_cnn()
-    assert saliency.relu_layers(model) == ["act1", "conv2"]
-    impulse = np.zeros((5, 5))
-    impulse[2, 2] = 1.0
-    kernel = ndimage.gaussian_laplace(impulse, sigma=11)
-    np.testing.assert_array_equal(saliency.lateral_inhibition_kernel(), kernel)
-    # Each ReLU output's gradient on its own: the output of a sub-model, watched, and
-    # the rest of the model applied layer by layer.
-    heads = {"act1": ("pool", "conv2", "gap", "logits"), "conv2": ("gap", "logits")}
-    total = 0.0
-    for name, head in heads.items():
-        activation = keras.Model(model.input, model.get_layer(name).output)(images)
-        with tf.GradientTape() as tape:
-            tape.watch(activation)
-            x = activation
-            for layer in head:
-                x = model.get_layer(layer)(x)
-            score = tf.gather(x, labels, batch_dims=1)
-        gradient = tape.gradient(score, activation).numpy().astype(np.float64)
-        norm = np.sqrt((gradient**2).sum(axis=-1))
-        # "reflect" padding with the edge not repeated (NumPy's, tf.pad's, PyTorch's)
-        # is SciPy's "mirror".
-        filtered = np.stack([ndimage.convolve(m, kernel, mode="mirror") for m in norm])
-        response = np.maximum(-filtered, 0.0)
-        total = total + tf.image.resize(
-            response[..., None], IMAGE_SHAPE[:2], method="bilinear"
-        ).numpy()[..., 0]
-    low = total.min(axis=(1, 2), keepdims=True)
-    expected = (total - low) / (total.max(axis=(1, 2), keepdims=True) - low)
-    maps = saliency.lateral_inhibition_maps(model, images, labels, batch_size=2)
-    assert maps.shape == images.shape[:3] and maps.dtype == np.float32
-    np.testing.assert_allclose(maps, expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(maps.min(axis=(1, 2)), 0.0)
-    np.testing.assert_allclose(maps.max(axis=(1, 2)), 1.0)
-    # In saliency_maps, scaled to sum 1 like the other methods.
-    scaled = saliency.saliency_maps(model, images, labels, ("lateral_inhibition",))
-    np.testing.assert_allclose(
-        scaled["lateral_inhibition"], expected / expected.sum(axis=(1, 2), keepdims=True),
-        rtol=1e-5, atol=1e-7,
-    )
-
-
-def test_lateral_inhibition_is_exact_with_masks_and_rejects_bad_input(data):
-    images, labels = data
-    plain, masked = plain_and_masked()
-    # The masks follow the ReLUs and do not count; the maps ignore them.
-    assert saliency.relu_layers(masked) == ["relu1", "relu2"]
-    expected = saliency.lateral_inhibition_maps(plain, images, labels)
-    maps = saliency.lateral_inhibition_maps(masked, images, labels)
-    np.testing.assert_allclose(maps, expected, rtol=1e-6, atol=1e-7)
-    assert np.all((maps >= 0) & (maps <= 1))
-    result, _ = saliency.evaluate_saliency(
-        masked, (images, labels), methods=("lateral_inhibition",)
-    )
-    assert result["settings"]["lateral_inhibition_layers"] == ["relu1", "relu2"]
-    assert 0 <= result["foreground_focus"]["lateral_inhibition"] <= 1
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        saliency.lateral_inhibition_maps(plain, images * 255, labels)
-    with pytest.raises(ValueError, match="labels"):
-        saliency.lateral_inhibition_maps(plain, images, labels + NUM_CLASSES)
-    with pytest.raises(ValueError, match="batch_size"):
-        saliency.lateral_inhibition_maps(plain, images, labels, batch_size=0)
-    flat = keras.Sequential([
-        keras.Input(IMAGE_SHAPE), keras.layers.Flatten(),
-        keras.layers.Dense(4, activation="relu"), keras.layers.Dense(NUM_CLASSES),
-    ])
-    with pytest.raises(ValueError, match="no ReLU layer with a 4-D output"):
-        saliency.saliency_maps(flat, images, labels, ("lateral_inhibition",))

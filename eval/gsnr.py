@@ -1,10 +1,12 @@
-"""Gradient quality of a trained run: GSNR per layer and each mask point's kept fraction.
+"""GSNR of a trained run per layer and each mask point's kept fraction: `--evals=quality`.
 
 The estimator, its standard error and what the GSNR means live in
-`gradmask_tf.quality`; this module runs it on a run's probe batch with the masks
-active (the gradients the optimizer receives), records its settings and adds the GSNR
-logged during training. GSNR is a secondary metric: it describes, it decides no claim.
-Its figures compare only between probes of the same size (examples and micro-batches).
+`gradmask_tf.quality` (gradient quality, METHOD.md section 4); this module runs it on
+a run's probe batch with the masks active (the gradients the optimizer receives),
+records its settings and adds the GSNR logged during training. `python -m eval` names
+this evaluation `quality` (`RUN/eval/quality.json` and `.png`). GSNR is a secondary
+metric: it describes, it decides no claim. Its figures compare only between probes of
+the same size (examples and micro-batches).
 """
 
 import numpy as np
@@ -40,7 +42,7 @@ def _json_number(value):
     return float(value) if np.isfinite(value) else None
 
 
-def evaluate_quality(model, data, *, num_micro_batches=quality.NUM_MICRO_BATCHES, history=None):
+def evaluate_gsnr(model, data, *, num_micro_batches=quality.NUM_MICRO_BATCHES, history=None):
     """GSNR of a trained model on a fixed probe batch, masks active as in training.
 
     Args:
