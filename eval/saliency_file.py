@@ -9,7 +9,7 @@ import numpy as np
 
 from eval.names import SALIENCY_METHODS
 from gradmask_tf.errors import invalid
-from gradmask_tf.runs import atomic_write
+from gradmask_tf.files import atomic_write
 
 FILE_NAME = "saliency_maps.npz"
 

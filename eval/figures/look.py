@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from gradmask_tf.errors import invalid
-from gradmask_tf.runs import atomic_write
+from gradmask_tf.files import atomic_write
 
 DPI = 150
 STYLE = {
