@@ -5,6 +5,7 @@ Neither library exports what these functions need. Each hook is checked by
 name, rather than deep inside a training step.
 """
 
+import contextlib
 import functools
 
 import tensorflow as tf
@@ -36,3 +37,23 @@ def functional_class():
 def is_functional(model):
     """Whether `model` has a functional graph (functional models and subclasses of them)."""
     return isinstance(model, functional_class())
+
+
+@contextlib.contextmanager
+def op_determinism(enabled):
+    """Deterministic TensorFlow ops inside the block when `enabled`; the previous
+    setting afterwards.
+
+    TensorFlow exports only `tf.config.experimental.enable_op_determinism`; reading the
+    setting and turning it off again are in `tensorflow.python.framework.config`.
+    """
+    from tensorflow.python.framework import config as framework_config
+
+    before = framework_config.is_op_determinism_enabled()
+    if enabled:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not before:
+            framework_config.disable_op_determinism()

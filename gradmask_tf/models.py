@@ -14,15 +14,12 @@ import re
 
 import keras
 
+# The names a run configuration checks without Keras are declared there, once.
+from gradmask_tf.config import APPLICATIONS_PREFIX, ARCHITECTURES, PLACEMENTS
 from gradmask_tf.errors import invalid
 from gradmask_tf.insert import insert_masks
 from gradmask_tf.layers import GradientMask, point_seeds
 from gradmask_tf.training import GradMaskModel
-
-ARCHITECTURES = ("cnn", "vgg", "resnet20", "resnet32", "resnet56")
-# Where the mask points go (METHOD.md §3); the first is the default.
-PLACEMENTS = ("activation", "block")
-APPLICATIONS_PREFIX = "keras.applications."
 
 # Per-dataset pixel statistics of the training split (images in [0, 1]); the
 # normalization lives inside the model so attacks and saliency work in pixel space.

@@ -63,7 +63,7 @@ def run_all(commands, parallel=2):
 # imported TensorFlow, the package and tensorflow-datasets once (each costs seconds).
 _FORKING_RUNNER = r"""
 import json, os, runpy, sys, traceback
-import gradmask_tf, tensorflow_datasets
+import gradmask_tf.trainer, tensorflow_datasets
 script, commands, output = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 codes = []
 for index, args in enumerate(commands):

@@ -10,7 +10,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow_datasets as tfds  # noqa: E402
-from absl import app  # noqa: E402
 
 import train  # noqa: E402
 
@@ -19,4 +18,4 @@ if __name__ == "__main__":
     with tfds.testing.mock_data(
         num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE
     ):
-        app.run(train.main, flags_parser=train.parse_flags)
+        sys.exit(train.main(sys.argv))

@@ -40,3 +40,12 @@ def test_functional_class_is_what_functional_models_are_and_subclasses_are_not()
     inputs = keras.Input((3,))
     assert compat.is_functional(keras.Model(inputs, keras.layers.Dense(2)(inputs)))
     assert not compat.is_functional(_Subclassed())
+
+
+def test_op_determinism_is_set_inside_and_put_back():
+    from tensorflow.python.framework import config as framework_config
+
+    assert not framework_config.is_op_determinism_enabled()
+    with compat.op_determinism(True):
+        assert framework_config.is_op_determinism_enabled()
+    assert not framework_config.is_op_determinism_enabled()

@@ -157,6 +157,7 @@ def test_mask_metrics_are_measured_every_n_steps_and_each_epochs_first(rng, mirr
     )
     with scope:
         model = _compile(_model("topk", keep_fraction=0.5))
+    assert model.mask_metrics_every == 10  # the default: sampled, as train.py does
     model.mask_metrics_every = 3
     counts = _Counts()
     history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[counts])
