@@ -15,64 +15,55 @@ import sys
 import time
 import types
 
-from eval.cli import DeferredStderr, parse_flags_or_fail
-
-_STDERR = DeferredStderr()
-
-from absl import app, flags, logging  # noqa: E402
+from absl import flags
 
 # Only the names here: the evaluation modules (and TensorFlow) load once the cheap
 # checks of the flags have passed, so most bad command lines fail at once.
-from eval import EVALUATIONS  # noqa: E402
+from eval import EVALUATIONS
 
-FLAGS = flags.FLAGS
 PROGRAM = "python -m eval"
 
-flags.DEFINE_string("run_dir", None, "Run directory written by train.py.")
-flags.DEFINE_list("evals", list(EVALUATIONS), f"Evaluations: {', '.join(EVALUATIONS)}.")
-flags.DEFINE_integer(
-    "max_examples", 1000, "Evaluate on the first N test examples (0 = all).", lower_bound=0
-)
-flags.DEFINE_bool(
-    "smoke", False, "Tiny settings (few examples, steps and samples) for tests and CI."
-)
-flags.DEFINE_integer("batch_size", 128, "Batch size of attacks and evaluation.", lower_bound=1)
-# adversarial
-flags.DEFINE_list(
-    "attacks", None,
-    "Attacks from eval.adversarial.ATTACKS. Defaults to eval.adversarial.DEFAULT_ATTACKS.",
-)
-flags.DEFINE_list(
-    "eps", None,
-    "L-inf budgets, pixels in [0, 1]. Defaults to eval.adversarial.DEFAULT_EPS.",
-)
-flags.DEFINE_integer("pgd_steps", 10, "Steps of the iterative attacks.", lower_bound=1)
-# pruning
-flags.DEFINE_list(
-    "sparsities", None, "Target sparsities. Defaults to eval.pruning.DEFAULT_SPARSITIES."
-)
-flags.DEFINE_integer("fine_tune_epochs", 1, "Fine-tuning epochs (0 = one-shot only).", lower_bound=0)
-flags.DEFINE_integer(
-    "fine_tune_examples", 10000, "Training examples for fine-tuning (0 = all).", lower_bound=0
-)
-# saliency
-flags.DEFINE_list(
-    "saliency_methods", None,
-    "Saliency methods from eval.saliency.METHODS. Defaults to eval.saliency.DEFAULT_METHODS.",
-)
-flags.DEFINE_integer("num_images", 16, "Images for the saliency maps.", lower_bound=1)
-flags.DEFINE_integer("smoothgrad_samples", 20, "SmoothGrad samples.", lower_bound=1)
-# quality
-# gradmask_tf.quality.NUM_MICRO_BATCHES and NUM_PROBE_EXAMPLES, not imported here (it
-# loads TensorFlow): GSNR figures compare only between probes of the same size.
-flags.DEFINE_integer(
-    "micro_batches", 32, "GSNR micro-batches (at least 2 examples each).", lower_bound=2
-)
-flags.DEFINE_integer(
-    "probe_examples", 1024,
-    "GSNR probe: the first N training examples. Figures compare only at the same size.",
-    lower_bound=4,
-)
+
+def define_flags(fv):
+    """Defines the command's flags on `fv` (an `absl.flags.FlagValues`); returns it."""
+    flags.DEFINE_string("run_dir", None, "Run directory written by train.py.", flag_values=fv)
+    flags.DEFINE_list("evals", list(EVALUATIONS), f"Evaluations: {', '.join(EVALUATIONS)}.", flag_values=fv)
+    flags.DEFINE_integer(
+        "max_examples", 1000, "Evaluate on the first N test examples (0 = all).", lower_bound=0, flag_values=fv)
+    flags.DEFINE_bool(
+        "smoke", False, "Tiny settings (few examples, steps and samples) for tests and CI.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 128, "Batch size of attacks and evaluation.", lower_bound=1, flag_values=fv)
+    # adversarial
+    flags.DEFINE_list(
+        "attacks", None,
+        "Attacks from eval.adversarial.ATTACKS. Defaults to eval.adversarial.DEFAULT_ATTACKS.", flag_values=fv)
+    flags.DEFINE_list(
+        "eps", None,
+        "L-inf budgets, pixels in [0, 1]. Defaults to eval.adversarial.DEFAULT_EPS.", flag_values=fv)
+    flags.DEFINE_integer("pgd_steps", 10, "Steps of the iterative attacks.", lower_bound=1, flag_values=fv)
+    # pruning
+    flags.DEFINE_list(
+        "sparsities", None, "Target sparsities. Defaults to eval.pruning.DEFAULT_SPARSITIES.", flag_values=fv)
+    flags.DEFINE_integer("fine_tune_epochs", 1, "Fine-tuning epochs (0 = one-shot only).", lower_bound=0, flag_values=fv)
+    flags.DEFINE_integer(
+        "fine_tune_examples", 10000, "Training examples for fine-tuning (0 = all).", lower_bound=0, flag_values=fv)
+    # saliency
+    flags.DEFINE_list(
+        "saliency_methods", None,
+        "Saliency methods from eval.saliency.METHODS. Defaults to eval.saliency.DEFAULT_METHODS.", flag_values=fv)
+    flags.DEFINE_integer("num_images", 16, "Images for the saliency maps.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("smoothgrad_samples", 20, "SmoothGrad samples.", lower_bound=1, flag_values=fv)
+    # quality
+    # gradmask_tf.quality.NUM_MICRO_BATCHES and NUM_PROBE_EXAMPLES, not imported here (it
+    # loads TensorFlow): GSNR figures compare only between probes of the same size.
+    flags.DEFINE_integer(
+        "micro_batches", 32, "GSNR micro-batches (at least 2 examples each).", lower_bound=2, flag_values=fv)
+    flags.DEFINE_integer(
+        "probe_examples", 1024,
+        "GSNR probe: the first N training examples. Figures compare only at the same size.",
+        lower_bound=4, flag_values=fv)
+    return fv
+
 
 SMOKE = dict(
     max_examples=64,
@@ -109,23 +100,23 @@ def _names(name, values, allowed):
     return list(dict.fromkeys(values))
 
 
-def settings():
+def settings(fv):
     """Validated settings, with the smoke caps applied.
 
     The checks that need no evaluation module come first; then the modules load
     (TensorFlow with them) for their names and defaults.
     """
-    if not FLAGS.run_dir:
+    if not fv.run_dir:
         raise ValueError("flag --run_dir is required: a directory written by train.py")
-    run_dir = pathlib.Path(FLAGS.run_dir)
+    run_dir = pathlib.Path(fv.run_dir)
     for name in ("config.json", "model.keras"):
         if not (run_dir / name).is_file():
             raise ValueError(
                 f"flag --run_dir={run_dir}: no {name} there; pass a finished run of train.py"
             )
     names = (*SMOKE, "fine_tune_epochs", "batch_size", "eps", "attacks", "saliency_methods")
-    values = {name: FLAGS[name].value for name in names}
-    if FLAGS.smoke:
+    values = {name: fv[name].value for name in names}
+    if fv.smoke:
         for name, cap in SMOKE.items():
             if name == "sparsities":
                 values[name] = cap
@@ -137,7 +128,7 @@ def settings():
             f"in each of the {values['micro_batches']} --micro_batches"
         )
     values["run_dir"] = run_dir
-    values["evals"] = _names("evals", FLAGS.evals, EVALUATIONS)
+    values["evals"] = _names("evals", fv.evals, EVALUATIONS)
     for name, high in (("eps", 1.0), ("sparsities", 0.999)):
         if values[name] is not None:
             values[name] = _floats(name, values[name], 0.0, high)
@@ -224,7 +215,8 @@ def load_run(run_dir, max_examples):
     """The run's model, config and first test examples; a loader of its splits."""
     import keras
 
-    import gradmask_tf  # noqa: F401  (registers the layers for loading)
+    import gradmask_tf.layers  # noqa: F401  (registers the saved classes for loading)
+    import gradmask_tf.training  # noqa: F401
     from gradmask_tf import data, runs
 
     config = runs.read_json(run_dir / runs.CONFIG)["flags"]
@@ -245,16 +237,41 @@ def load_run(run_dir, max_examples):
     )
 
 
-def main(argv):
+def main(argv=None, stderr=None):
+    """Runs the command line `argv` (default `sys.argv`); returns the exit status.
+
+    `stderr` is an `eval.cli.DeferredStderr` when run as a program: TensorFlow's
+    start-up lines are held back until the flags and the run are checked.
+    """
+    from absl import logging
+
+    from eval.cli import ImmediateStderr
+
+    argv = sys.argv if argv is None else argv
+    stderr = stderr or ImmediateStderr()
+    fv = define_flags(flags.FlagValues())
+    if any(arg in ("--help", "-h", "--helpfull") for arg in argv[1:]):
+        stderr.release()
+        print(fv.get_help())
+        return 0
     logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        _STDERR.fail(PROGRAM, f"unexpected arguments: {' '.join(argv[1:])}")
     try:
-        options = settings()
+        try:
+            rest = fv(list(argv))
+        except flags.Error as error:
+            raise ValueError(str(error)) from None
+        if len(rest) > 1:
+            raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
+        options = settings(fv)
         run = load_run(options["run_dir"], options["max_examples"])
     except ValueError as error:
-        _STDERR.fail(PROGRAM, error)
-    _STDERR.release()
+        stderr.fail(PROGRAM, error)
+    stderr.release()
+    return evaluate(run, options)
+
+
+def evaluate(run, options):
+    """Runs each evaluation of `options` on `run`, writing its JSON and figure."""
     from eval import figures
     from gradmask_tf import runs
 
@@ -272,5 +289,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=lambda argv: parse_flags_or_fail(FLAGS, argv, _STDERR, PROGRAM))
-    sys.exit(0)
+    from eval.cli import DeferredStderr
+
+    sys.exit(main(sys.argv, DeferredStderr()))

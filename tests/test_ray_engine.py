@@ -170,13 +170,10 @@ def test_a_study_started_again_has_only_what_is_missing_to_do(studies, tmp_path)
 
     results = tmp_path / "results"
     shutil.copytree(studies["root"] / "results", results)
-    study.FLAGS(["study", *_args(studies["plan"], studies["idx_dir"], tmp_path / "elsewhere")])
-    try:
-        options = study.plan_settings()
-    finally:
-        study.FLAGS.unparse_flags()
+    options = study.settings(study.parse(
+        ["study", *_args(studies["plan"], studies["idx_dir"], tmp_path / "elsewhere")]))
     options["results_dir"] = results
-    runs = [run for regime in study._regimes(options) for run in regime["runs"]]
+    runs = [run for regime in study.regimes_of(options) for run in regime["runs"]]
     assert len(runs) == 4 and ray_engine.pending(runs) == []
     (results / "clean" / "mean-seed0" / "metrics.json").unlink()
     assert [run.name for run in ray_engine.pending(runs)] == ["mean-seed0"]

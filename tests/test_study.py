@@ -69,7 +69,9 @@ def test_quick_study_resumes_after_an_interruption(tmp_path, idx_dir):
     assert "## Mask metrics" in report and "`kept_l1/" in report
     assert not (directory / "forest.png").exists()  # nothing paired, nothing to draw
     record = json.loads((directory / "study.json").read_text())
-    assert record["settings"]["primary"] == ["mean:test_accuracy:higher"]
+    # The flags made a plan of one regime, recorded with its declared primary.
+    (regime,) = record["settings"]["plan"]["regimes"]
+    assert regime["primary"] == ["mean:test_accuracy:higher"]
     assert record["wall_seconds_total"] >= record["wall_seconds_this_invocation"] > 0
 
 
@@ -88,35 +90,25 @@ def test_quick_study_resumes_after_an_interruption(tmp_path, idx_dir):
 def test_a_bad_plan_fails_before_any_run(args, named):
     from eval import study
 
-    study.FLAGS(["study", *args])
-    try:
-        with pytest.raises(ValueError, match=named):
-            study.settings()
-    finally:
-        study.FLAGS.unparse_flags()
+    with pytest.raises(ValueError, match=named):
+        study.settings(study.parse(["study", *args]))
 
 
 def test_the_plan_lists_masked_rules_once_and_none_runs_anyway():
     from eval import study
 
-    study.FLAGS(["study", "--rules=none,mean,lateral,mean", "--nocontrols", "--primary=",
-                 "--evals="])
-    try:
-        options = study.settings()
-    finally:
-        study.FLAGS.unparse_flags()
-    assert options["rules"] == ["mean", "lateral"]
-    assert options["primary"] == [] and options["evals"] == [] and not options["controls"]
+    options = study.settings(study.parse(
+        ["study", "--rules=none,mean,lateral,mean", "--nocontrols", "--primary=", "--evals="]))
+    # The flags make a plan of one regime: none, then each masked rule once.
+    (regime,) = options["plan"]["regimes"]
+    assert regime["arms"] == ["none", "mean", "lateral"]
+    assert regime["primary"] == [] and regime["evals"] == []
 
 
 def _plan_settings(*args):
     from eval import study
 
-    study.FLAGS(["study", *args])
-    try:
-        return study.plan_settings()
-    finally:
-        study.FLAGS.unparse_flags()
+    return study.settings(study.parse(["study", *args]))
 
 
 def test_regimes_picks_some_of_a_plan_and_quick_shrinks_but_never_enlarges_a_regime():
@@ -125,15 +117,16 @@ def test_regimes_picks_some_of_a_plan_and_quick_shrinks_but_never_enlarges_a_reg
     options = _plan_settings("--plan=regimes", "--regimes=small-data,label-noise", "--quick")
     assert [r["name"] for r in options["plan"]["regimes"]] == ["label-noise", "small-data"]
     options["results_dir"] = None
-    noisy = study._regimes(options)[0]
+    noisy = study.regimes_of(options)[0]
     command = list(noisy["runs"][0].train_command)
     # --quick takes 2,000 examples and 1 epoch, the evaluations at their smoke settings.
-    assert command.index("--max_train_examples=2000") > command.index("--max_train_examples=4000")
-    assert command.index("--epochs=1") > command.index("--epochs=30")
+    assert "--max_train_examples=2000" in command and "--epochs=1" in command
+    assert "--max_train_examples=4000" not in command and "--epochs=30" not in command
+    assert "--label_noise=0.4" in command and "--mask_rule=none" in command
     assert "--smoke" in noisy["runs"][0].eval_flags
     # A regime whose own subset is smaller keeps it.
     options["plan"]["regimes"][0]["flags"]["max_train_examples"] = 500
-    command = list(study._regimes(options)[0]["runs"][0].train_command)
+    command = list(study.regimes_of(options)[0]["runs"][0].train_command)
     assert "--max_train_examples=500" in command and "--max_train_examples=2000" not in command
     with pytest.raises(ValueError, match=r"flag --regimes: no regime bogus in plan regimes; "
                                          r"its regimes: label-noise, small-data, clean"):
@@ -288,4 +281,28 @@ def test_a_plan_accepts_the_regime_train_flags_and_writes_bools_as_flags():
     assert plans.check(plan)["regimes"][0]["flags"]["label_noise"] == 0.4
     assert plans.flag_arguments({"augment": True, "mixed_precision": False, "epochs": 3}) == [
         "--augment", "--nomixed_precision", "--epochs=3"]
-    assert "mask_placement" in plans.train_flag_names()
+    from gradmask_tf.config import FIELD_NAMES
+
+    assert "mask_placement" in FIELD_NAMES
+
+
+def test_a_committed_regime_rebuilds_its_report_byte_for_byte(tmp_path, monkeypatch):
+    """The one command rebuilds a committed report from the committed results alone."""
+    from eval import study
+
+    monkeypatch.chdir(ROOT)  # the report names its runs relative to the checkout
+    results = ROOT / "docs" / "results" / "regimes"
+    committed = {path.name: path.read_bytes() for path in (results / "small-data").glob("*")
+                 if path.is_file()}
+    assert set(committed) == {"report.md", "forest.png"}
+    code = study.main([PROGRAM, "--plan=regimes", "--regimes=small-data",
+                       f"--results_dir={results.relative_to(ROOT)}",
+                       f"--output_dir={tmp_path / 'study'}"])
+    assert code == 0
+    assert not (tmp_path / "study" / "small-data" / "runs").exists(), "nothing is trained"
+    for name, content in committed.items():
+        assert (tmp_path / "study" / "small-data" / name).read_bytes() == content, name
+        assert (results / "small-data" / name).read_bytes() == content, name
+
+
+PROGRAM = "eval.study"

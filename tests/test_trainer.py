@@ -91,11 +91,6 @@ def test_a_bad_configuration_is_one_line_before_anything_is_written(tmp_path):
 
     with pytest.raises(ConfigError, match="mask_keep_fraction"):
         run(RunConfig(mask_keep_fraction=1.5, output_dir=str(tmp_path / "run")))
-    with pytest.raises(ConfigError, match="unknown setting 'epoch'"):
-        RunConfig.from_dict({"epoch": 3})
-    with pytest.raises(ConfigError, match="--momentum is used only with --optimizer=sgd"):
-        RunConfig(momentum=0.5).checked()
+    with pytest.raises(ConfigError, match="--model=keras.applications.NoSuchNet"):
+        run(RunConfig(model="keras.applications.NoSuchNet", output_dir=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
-    config = RunConfig(label_noise=0.4).checked()
-    assert (config.validation_fraction, config.momentum) == (0.1, 0.9)
-    assert RunConfig.from_dict(config.to_dict()).checked() == config

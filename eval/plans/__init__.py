@@ -20,17 +20,16 @@ A primary is `ARM:metric:direction`, ARM a masked arm of the plan (judged agains
 `none` arm with the same options, mask options aside, and against ARM's control), or
 `rule:metric:direction` where the regime runs one arm of that rule.
 
-`options` and `flags` are train.py flags (`{"augment": true}` is `--augment`, false
-`--noaugment`). Their *names* are checked against the flags train.py defines, read from
-its source without importing TensorFlow; their *values* are
-train.py's business (it fails at once on a bad one). With `controls: true` the control of
+`options` and `flags` are train.py flags, which are the fields of
+`gradmask_tf.config.RunConfig` (`{"augment": true}` is `--augment`, false
+`--noaugment`). Their names are checked here; their values when the study builds each
+run's `RunConfig`, before anything runs. With `controls: true` the control of
 masked arm `NAME` is the arm `NAME-control`, run wherever `NAME` runs.
 
 Everything is checked before anything runs; a bad plan is one `ValueError` line naming
 the file and the key.
 """
 
-import ast
 import json
 import pathlib
 import re
@@ -39,9 +38,10 @@ from eval import EVALUATIONS
 from eval.arms import (
     MAX_PRIMARIES, UNMASKED, Primary, flags_but_mask, parse_primaries, same_value,
 )
+from gradmask_tf.config import FIELD_NAMES
+from gradmask_tf.mask_params import RULES
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-PLANS = pathlib.Path(__file__).resolve().parent / "plans"
+PLANS = pathlib.Path(__file__).resolve().parent  # the plan files beside this module
 # Set by the study for every run: never by a plan.
 STUDY_FLAGS = {"mask_rule", "mask_control", "seed", "output_dir", "overwrite", "dataset",
                "model", "data_dir"}
@@ -49,18 +49,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _PLAN_KEYS = {"notes", "seeds", "controls", "arms", "regimes"}
 _ARM_KEYS = {"name", "rule", "options", "control"}
 _REGIME_KEYS = {"name", "flags", "arms", "evals", "primary", "notes"}
-
-
-def train_flag_names(source=ROOT / "train.py"):
-    """The flags train.py defines (its `flags.DEFINE_*("name", ...)` calls), no import."""
-    tree = ast.parse(pathlib.Path(source).read_text())
-    return {
-        node.args[0].value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-        and node.func.attr.startswith("DEFINE") and node.args
-        and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
-    }
 
 
 def resolve(name):
@@ -136,9 +124,7 @@ def check(plan, path="<plan>"):
                 fail(f"{where}.{flag}", "not a train.py flag")
         return dict(values)
 
-    from gradmask_tf.ops import RULES  # the op module alone: no TensorFlow model
-
-    valid_flags = train_flag_names()
+    valid_flags = set(FIELD_NAMES)
     known("plan", plan, _PLAN_KEYS)
     for key in ("arms", "regimes"):
         if key not in plan:
