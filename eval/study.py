@@ -81,7 +81,7 @@ def define_flags(fv):
     flags.DEFINE_string(
         "plan", None,
         "A study plan: eval/plans/NAME.json or a path to a .json file (arms, regimes, primaries, "
-        "seeds; see eval/plans.py). --rules, --controls and --primary do not apply; --seeds, "
+        "seeds; see eval/plans/). --rules, --controls and --primary do not apply; --seeds, "
         "--epochs, --evals, --max_*_examples and --train_flags, when given, override the plan.", flag_values=fv)
     flags.DEFINE_list(
         "regimes", [],
@@ -92,7 +92,11 @@ def define_flags(fv):
         "Where each run's small result files (config.json, metrics.json, history.csv, eval/*) "
         "are copied once it finishes, and looked for first: a run found there is not trained "
         "again, and the reports are built from there.", flag_values=fv)
+    return _define_engine_flags(fv)
 
+
+def _define_engine_flags(fv):
+    """The engine's flags (`--engine` and what the Ray engine takes)."""
     flags.DEFINE_enum(
         "engine", "local", ["local", "ray"],
         "local: the runs one after another on this machine. ray: each (regime, arm, seed) run, "

@@ -29,6 +29,20 @@ def test_usage_example_trains():
     assert len(masks) == 2
 
 
+def test_run_example_trains_a_run_directory(tmp_path, idx_dir, monkeypatch):
+    code = _example("run")
+    for default, small in (("epochs=10", "epochs=1"),
+                           ('output_dir="runs/mean-seed0"',
+                            f'output_dir="{tmp_path / "run"}", data_dir="{idx_dir}", '
+                            "batch_size=16, max_train_examples=32, max_test_examples=16")):
+        assert default in code
+        code = code.replace(default, small)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["metrics"]["epochs"] == 1
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
 def _quick_start_commands():
     text = README.read_text()
     section = text[text.index("## Quick start") : text.index("## Usage")]
