@@ -96,135 +96,173 @@ def check(plan, path="<plan>"):
       "control"}}, "regimes": [{"name", "flags", "arms": [name], "evals", "primary"}]}`,
       the controls of `controls: true` among the arms.
     """
-
-    def fail(key, message):
-        raise ValueError(f"plan {path}: {key}: {message}")
-
-    def known(where, mapping, keys):
-        if not isinstance(mapping, dict):
-            fail(where, f"expected an object, received {json.dumps(mapping)}")
-        unknown = sorted(set(mapping) - keys)
-        if unknown:
-            fail(f"{where}.{unknown[0]}", f"unknown key; valid: {', '.join(sorted(keys))}")
-
-    def named(where, mapping):
-        """The `name` of an arm or regime, checked."""
-        name = mapping.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
-            fail(f"{where}.name", f"expected a name of letters, digits, _.+-, received {name!r}")
-        return name
-
-    def check_flags(where, values):
-        if not isinstance(values, dict):
-            fail(where, "expected an object of train.py flags")
-        for flag in values:
-            if flag in STUDY_FLAGS:
-                fail(f"{where}.{flag}", "set by the study itself, not by a plan")
-            if flag not in valid_flags:
-                fail(f"{where}.{flag}", "not a train.py flag")
-        return dict(values)
-
-    valid_flags = set(FIELD_NAMES)
-    known("plan", plan, _PLAN_KEYS)
+    _known(path, "plan", plan, _PLAN_KEYS)
     for key in ("arms", "regimes"):
         if key not in plan:
-            fail(key, "missing")
-    seeds = plan.get("seeds", 5)
-    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:
-        seeds = list(range(seeds))
-    elif (isinstance(seeds, list) and seeds
-          and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
-          and len(set(seeds)) == len(seeds)):
-        seeds = list(seeds)
-    else:
-        fail("seeds", f"expected a count >= 1 or a list of distinct seeds >= 0, received {seeds!r}")
+            _fail(path, key, "missing")
+    seeds = _seeds(path, plan.get("seeds", 5))
     controls = plan.get("controls", False)
     if not isinstance(controls, bool):
-        fail("controls", f"expected true or false, received {controls!r}")
-    if not isinstance(plan["arms"], list) or not plan["arms"]:
-        fail("arms", "expected a non-empty list")
+        _fail(path, "controls", f"expected true or false, received {controls!r}")
+    arms = _arms(path, plan["arms"], controls)
+    if not isinstance(plan["regimes"], list) or not plan["regimes"]:
+        _fail(path, "regimes", "expected a non-empty list")
+    regimes = []
+    for index, regime in enumerate(plan["regimes"]):
+        regimes.append(_regime(path, f"regimes[{index}]", regime, arms, controls, regimes))
+    notes = plan.get("notes", "")
+    if not isinstance(notes, str):
+        _fail(path, "notes", "expected free text")
+    return dict(name=pathlib.Path(path).stem, path=str(path), notes=notes, seeds=seeds,
+                arms=arms, regimes=regimes)
+
+
+def _fail(path, key, message):
+    raise ValueError(f"plan {path}: {key}: {message}")
+
+
+def _known(path, where, mapping, keys):
+    """Fails unless `mapping` is an object of `keys` only."""
+    if not isinstance(mapping, dict):
+        _fail(path, where, f"expected an object, received {json.dumps(mapping)}")
+    unknown = sorted(set(mapping) - keys)
+    if unknown:
+        _fail(path, f"{where}.{unknown[0]}", f"unknown key; valid: {', '.join(sorted(keys))}")
+
+
+def _named(path, where, mapping):
+    """The `name` of an arm or regime, checked."""
+    name = mapping.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        _fail(path, f"{where}.name",
+              f"expected a name of letters, digits, _.+-, received {name!r}")
+    return name
+
+
+def _flags(path, where, values):
+    """An object of train.py flags that a plan may set, as a new dict."""
+    if not isinstance(values, dict):
+        _fail(path, where, "expected an object of train.py flags")
+    for flag in values:
+        if flag in STUDY_FLAGS:
+            _fail(path, f"{where}.{flag}", "set by the study itself, not by a plan")
+        if flag not in FIELD_NAMES:
+            _fail(path, f"{where}.{flag}", "not a train.py flag")
+    return dict(values)
+
+
+def _seeds(path, seeds):
+    """`seeds`, a count or a list of distinct seeds, as the list of seeds."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1:
+        return list(range(seeds))
+    if (isinstance(seeds, list) and seeds
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+            and len(set(seeds)) == len(seeds)):
+        return list(seeds)
+    _fail(path, "seeds",
+          f"expected a count >= 1 or a list of distinct seeds >= 0, received {seeds!r}")
+
+
+def _arms(path, plan_arms, controls):
+    """The plan's `arms` as `{name: {"rule", "options", "control"}}`, with the matched
+    controls of `controls: true`."""
+    if not isinstance(plan_arms, list) or not plan_arms:
+        _fail(path, "arms", "expected a non-empty list")
     arms = {}
-    for index, arm in enumerate(plan["arms"]):
+    for index, arm in enumerate(plan_arms):
         where = f"arms[{index}]"
-        known(where, arm, _ARM_KEYS)
-        name = named(where, arm)
+        _known(path, where, arm, _ARM_KEYS)
+        name = _named(path, where, arm)
         rule = arm.get("rule")
         if rule not in RULES:
-            fail(f"{where}.rule", f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
+            _fail(path, f"{where}.rule", f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
         control = arm.get("control", False)
         if not isinstance(control, bool):
-            fail(f"{where}.control", f"expected true or false, received {control!r}")
+            _fail(path, f"{where}.control", f"expected true or false, received {control!r}")
         if control and rule in UNMASKED:
-            fail(f"{where}.control", f"{rule} has no matched control")
-        options = check_flags(f"{where}.options", arm.get("options", {}))
+            _fail(path, f"{where}.control", f"{rule} has no matched control")
+        options = _flags(path, f"{where}.options", arm.get("options", {}))
         entries = [(name, dict(rule=rule, options=options, control=control))]
         if controls and rule not in UNMASKED and not control:
             entries.append((f"{name}-control", dict(rule=rule, options=options, control=True)))
         for entry_name, entry in entries:
             if entry_name in arms:
-                fail(f"{where}.name", f"arm {entry_name!r} is given twice")
+                _fail(path, f"{where}.name", f"arm {entry_name!r} is given twice")
             arms[entry_name] = entry
-    if not isinstance(plan["regimes"], list) or not plan["regimes"]:
-        fail("regimes", "expected a non-empty list")
-    regimes = []
-    for index, regime in enumerate(plan["regimes"]):
-        where = f"regimes[{index}]"
-        known(where, regime, _REGIME_KEYS)
-        name = named(where, regime)
-        if name in {r["name"] for r in regimes}:
-            fail(f"{where}.name", f"regime {name!r} is given twice")
-        flags = check_flags(f"{where}.flags", regime.get("flags", {}))
-        names = regime.get("arms", [n for n, a in arms.items()])
-        if not isinstance(names, list) or not names:
-            fail(f"{where}.arms", "expected a non-empty list of arm names")
-        chosen = []
-        for arm_name in names:
-            if arm_name not in arms:
-                fail(f"{where}.arms", f"no arm {arm_name!r}; arms: {', '.join(arms)}")
-            chosen.append(arm_name)
-            if controls and f"{arm_name}-control" in arms:
-                chosen.append(f"{arm_name}-control")
-        chosen = list(dict.fromkeys(chosen))
-        evals = regime.get("evals", list(EVALUATIONS))
-        if not isinstance(evals, list) or any(e not in EVALUATIONS for e in evals):
-            fail(f"{where}.evals", f"expected a list of {', '.join(EVALUATIONS)}, received {evals!r}")
-        primary = regime.get("primary", [])
-        if not isinstance(primary, list):
-            fail(f"{where}.primary", "expected a list of rule:metric:direction")
-        if len(primary) > MAX_PRIMARIES:
-            fail(f"{where}.primary", f"at most {MAX_PRIMARIES} primaries per regime "
-                                     f"(METHOD.md section 5); received {len(primary)}")
-        try:
-            primaries = parse_primaries(
-                [_arm_primary(value, arms) if isinstance(value, str) else value
-                 for value in primary]
-            )
-        except ValueError as error:
-            fail(f"{where}.primary", str(error).removeprefix("flag --primary: "))
-        for p in primaries:
-            masked = [n for n in chosen if arms[n]["rule"] == p.rule and not arms[n]["control"]
-                      and _has(arms[n], p.where)]
-            if not masked:
-                fail(f"{where}.primary", f"{p} names {p.subject}, which no arm of the regime runs")
-            if len(masked) > 1:
-                fail(f"{where}.primary", f"{p} matches {len(masked)} arms ({', '.join(masked)}); "
-                                         "name one arm: ARM:metric:direction")
-            (arm_name,) = masked
-            if f"{arm_name}-control" not in chosen and not any(
-                    arms[n]["control"] and arms[n]["rule"] == p.rule
-                    and arms[n]["options"] == arms[arm_name]["options"] for n in chosen):
-                fail(f"{where}.primary", f"{p}: the regime runs no matched control of {arm_name}")
-            if not any(arms[n]["rule"] == "none" and flags_but_mask(arms[n]["options"])
-                       == flags_but_mask(arms[arm_name]["options"]) for n in chosen):
-                fail(f"{where}.primary", f"{p}: the regime runs no `none` arm with the options "
-                                         f"of {arm_name} (its mask options aside)")
-        regimes.append(dict(name=name, flags=flags, arms=chosen, evals=list(dict.fromkeys(evals)),
-                            primary=[str(p) for p in primaries]))
-    notes = plan.get("notes", "")
-    if not isinstance(notes, str):
-        fail("notes", "expected free text")
-    return dict(name=pathlib.Path(path).stem, path=str(path), notes=notes, seeds=seeds,
-                arms=arms, regimes=regimes)
+    return arms
+
+
+def _regime(path, where, regime, arms, controls, earlier):
+    """One regime of the plan, checked against its arms and the `earlier` regimes."""
+    _known(path, where, regime, _REGIME_KEYS)
+    name = _named(path, where, regime)
+    if name in {r["name"] for r in earlier}:
+        _fail(path, f"{where}.name", f"regime {name!r} is given twice")
+    flags = _flags(path, f"{where}.flags", regime.get("flags", {}))
+    chosen = _regime_arms(path, where, regime.get("arms", list(arms)), arms, controls)
+    evals = regime.get("evals", list(EVALUATIONS))
+    if not isinstance(evals, list) or any(e not in EVALUATIONS for e in evals):
+        _fail(path, f"{where}.evals",
+              f"expected a list of {', '.join(EVALUATIONS)}, received {evals!r}")
+    primaries = _regime_primaries(path, where, regime.get("primary", []), arms, chosen)
+    return dict(name=name, flags=flags, arms=chosen, evals=list(dict.fromkeys(evals)),
+                primary=[str(p) for p in primaries])
+
+
+def _regime_arms(path, where, names, arms, controls):
+    """The arms a regime runs: those it names, each with its matched control."""
+    if not isinstance(names, list) or not names:
+        _fail(path, f"{where}.arms", "expected a non-empty list of arm names")
+    chosen = []
+    for arm_name in names:
+        if arm_name not in arms:
+            _fail(path, f"{where}.arms", f"no arm {arm_name!r}; arms: {', '.join(arms)}")
+        chosen.append(arm_name)
+        if controls and f"{arm_name}-control" in arms:
+            chosen.append(f"{arm_name}-control")
+    return list(dict.fromkeys(chosen))
+
+
+def _regime_primaries(path, where, primary, arms, chosen):
+    """A regime's `primary` as `Primary`s, each judged by arms the regime runs."""
+    if not isinstance(primary, list):
+        _fail(path, f"{where}.primary", "expected a list of rule:metric:direction")
+    if len(primary) > MAX_PRIMARIES:
+        _fail(path, f"{where}.primary", f"at most {MAX_PRIMARIES} primaries per regime "
+                                        f"(METHOD.md section 5); received {len(primary)}")
+    try:
+        primaries = parse_primaries(
+            [_arm_primary(value, arms) if isinstance(value, str) else value
+             for value in primary]
+        )
+    except ValueError as error:
+        _fail(path, f"{where}.primary", str(error).removeprefix("flag --primary: "))
+    for p in primaries:
+        _judged(path, f"{where}.primary", p, arms, chosen)
+    return primaries
+
+
+def _judged(path, where, p, arms, chosen):
+    """Fails unless the regime's arms `chosen` run exactly one masked arm of primary `p`,
+    its matched control and a `none` arm with its options (its mask options aside)."""
+    masked = [n for n in chosen if arms[n]["rule"] == p.rule and not arms[n]["control"]
+              and _has(arms[n], p.where)]
+    if not masked:
+        _fail(path, where, f"{p} names {p.subject}, which no arm of the regime runs")
+    if len(masked) > 1:
+        _fail(path, where, f"{p} matches {len(masked)} arms ({', '.join(masked)}); "
+                           "name one arm: ARM:metric:direction")
+    (arm_name,) = masked
+    options = arms[arm_name]["options"]
+    if f"{arm_name}-control" not in chosen and not any(
+            arms[n]["control"] and arms[n]["rule"] == p.rule and arms[n]["options"] == options
+            for n in chosen):
+        _fail(path, where, f"{p}: the regime runs no matched control of {arm_name}")
+    if not any(arms[n]["rule"] == "none"
+               and flags_but_mask(arms[n]["options"]) == flags_but_mask(options)
+               for n in chosen):
+        _fail(path, where, f"{p}: the regime runs no `none` arm with the options "
+                           f"of {arm_name} (its mask options aside)")
 
 
 def primaries(plan, regime):
