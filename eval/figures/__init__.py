@@ -8,6 +8,7 @@ matplotlib and NumPy, never an evaluator or the libraries the evaluators adapt.
 """
 
 from eval.figures.accuracy import plot_adversarial, plot_pruning
+from eval.figures.curves import plot_curves
 from eval.figures.forest import plot_forest
 from eval.figures.gsnr import plot_gsnr_over_training, plot_quality
 from eval.figures.look import save
@@ -15,6 +16,7 @@ from eval.figures.maps import plot_saliency, plot_saliency_comparison
 
 __all__ = [
     "plot_adversarial",
+    "plot_curves",
     "plot_forest",
     "plot_gsnr_over_training",
     "plot_pruning",
