@@ -181,8 +181,10 @@ def _text(value):
 
 def same_value(a, b):
     """Whether two flag values match: `True` and `"true"`, `1`, `1.0` and `"1.0"` do."""
+    if isinstance(a, bool) or isinstance(b, bool):  # a bool is no number here
+        return _text(a) == _text(b)
     try:
-        return float(a) == float(b) and not isinstance(a, bool) and not isinstance(b, bool)
+        return float(a) == float(b)
     except (TypeError, ValueError):
         return _text(a) == _text(b)
 
@@ -193,7 +195,7 @@ def parse_primaries(values):
     Raises:
       ValueError: With a one-line message naming the flag `--primary`.
     """
-    from gradmask_tf.ops import RULES
+    from gradmask_tf.mask_params import RULES
 
     masked = [rule for rule in RULES if rule not in UNMASKED]
     values = list(values)

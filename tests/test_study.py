@@ -306,3 +306,11 @@ def test_a_committed_regime_rebuilds_its_report_byte_for_byte(tmp_path, monkeypa
 
 
 PROGRAM = "eval.study"
+
+
+def test_flag_values_match_across_their_spellings():
+    from eval.arms import same_value
+
+    assert same_value(True, True) and same_value(True, "true") and same_value(False, "False")
+    assert same_value(1, 1.0) and same_value(1, "1.0") and same_value("sgd", "SGD")
+    assert not same_value(True, 1) and not same_value(True, False) and not same_value(1, 2)
