@@ -256,7 +256,7 @@ def test_evaluate_pruning_result(cnn, images, labels, monkeypatch):
     assert result["num_examples"] == len(images)
     expected_accuracy = np.mean(np.argmax(cnn.predict(images, verbose=0), -1) == labels)
     assert result["dense_accuracy"] == pytest.approx(expected_accuracy)
-    for mode in pruning.MODES:
+    for mode in pruning.PRUNING_MODES:
         assert list(result[mode]) == ["0.5", "0.9"]
         for key, point in result[mode].items():
             assert set(point) == {"accuracy", "sparsity"}
