@@ -153,6 +153,17 @@ class GradientMask(keras.layers.Layer):
             probe=self.gradient_probe.value,
         )
 
+    def load_own_variables(self, store):
+        """Restores the layer's state from a `.keras` file of any layout saved so far.
+
+        `enabled` is the state; the probe is set by every training step, and it was a
+        scalar before it became the `[kept_fraction, kept_l1]` pair (53ee5e4), so it is
+        restored only where the file's shape is today's (tests/test_saved_models.py).
+        """
+        self.enabled.assign(store["0"])
+        if "1" in store.keys() and tuple(store["1"].shape) == tuple(self.gradient_probe.shape):
+            self.gradient_probe.assign(store["1"])
+
     def compute_output_shape(self, input_shape):
         return input_shape
 
