@@ -76,7 +76,7 @@ def load_run(path):
     try:
         config = result_files.read_json(path / name)["flags"]
         evals = {}
-        for file in sorted((path / "eval").glob("*.json")):
+        for file in result_files.evaluation_files(path):
             name = f"eval/{file.name}"
             evals[file.stem] = result_files.read_json(file)
         name = files.METRICS

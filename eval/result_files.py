@@ -130,11 +130,18 @@ def _check(path):
     return None
 
 
+def evaluation_files(directory):
+    """A run directory's evaluation results, `eval/*.json`, in order; not the hidden
+    temporary files of a write that was cut short."""
+    return [path for path in sorted((pathlib.Path(directory) / "eval").glob("*.json"))
+            if not path.name.startswith(".")]
+
+
 def result_names(directory):
     """The result files in `directory`, relative to it: the core ones, then eval/'s."""
     directory = pathlib.Path(directory)
     names = [name for name in CORE_FILES if (directory / name).is_file()]
-    names += [f"eval/{path.name}" for path in sorted((directory / "eval").glob("*.json"))]
+    names += [f"eval/{path.name}" for path in evaluation_files(directory)]
     return names + ([SALIENCY_MAPS] if (directory / SALIENCY_MAPS).is_file() else [])
 
 

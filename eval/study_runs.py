@@ -10,7 +10,9 @@ the local engine trains every run of a regime, then evaluates each (`train`, the
 Everything a run decides it reads from its directories, so it can be called again at
 any time: a finished run is not trained again, an unfinished one resumes after its last
 finished epoch (train.py does that from the run directory's checkpoint), and only the
-evaluations that have no result yet run.
+evaluations that have no result yet run. Its result files are checked first (`heal`,
+`eval.result_files`): a damaged one is moved aside and put back from its other copy,
+or what it held is done again.
 
 Imports nothing heavy: a Ray worker imports this module to run a trial, and the trial's
 work happens in the train.py and `python -m eval` subprocesses.
@@ -44,6 +46,8 @@ def copy_results(run_dir, results):
             result_files.copy_file(run_dir / name, results / name)
     for pattern in EVAL_RESULT_PATTERNS:
         for path in sorted((run_dir / "eval").glob(pattern)):
+            if path.name.startswith("."):  # a write cut short: not a result
+                continue
             result_files.copy_file(path, results / "eval" / path.name)
 
 
@@ -153,9 +157,9 @@ class StudyRun:
 
     def evaluated(self):
         """The evaluations with a result, in the run directory or in `results`."""
-        done = {p.stem for p in (self.run_dir / "eval").glob("*.json")}
+        done = {p.stem for p in result_files.evaluation_files(self.run_dir)}
         if self.results is not None:
-            done |= {p.stem for p in (self.results / "eval").glob("*.json")}
+            done |= {p.stem for p in result_files.evaluation_files(self.results)}
         return done
 
     def missing(self):

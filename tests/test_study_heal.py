@@ -218,3 +218,12 @@ def test_a_truncated_committed_result_no_longer_stops_the_study(tmp_path, monkey
                                     "metrics.json").read_bytes()
     assert (tmp_path / "study" / "small-data" / "report.md").is_file()
     assert not (tmp_path / "study" / "study.lock").exists()
+
+
+def test_the_temporary_file_of_a_write_cut_short_is_not_a_result(tmp_path):
+    from eval import compare
+
+    _write_finished(tmp_path)
+    (tmp_path / "eval" / ".quality.json.x1y2.json").write_text('{"gsnr": ')  # atomic_write's
+    assert result_files.damage(tmp_path) == {}
+    assert sorted(compare.load_run(tmp_path).evals) == ["quality", "saliency"]
