@@ -134,10 +134,11 @@ def test_a_second_study_on_a_directory_stops_in_one_line(tmp_path):
     first = _start(["sleep", *args], driver)
     log = directory / "logs" / "none-seed0.log"
     deadline = time.time() + 300
-    while not log.exists():  # the first study is in its first run
+    while not (log.exists() and "sleep" in log.read_text()):  # in its first run, blocked
         assert first.poll() is None, first.communicate()[1][-2000:]
         assert time.time() < deadline
         time.sleep(0.1)
+    time.sleep(0.5)  # the log's header written: the first study writes nothing more
     try:
         before = _listing(directory)
         second = _start(args)
