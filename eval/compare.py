@@ -14,7 +14,6 @@ t-intervals (unadjusted: secondary, never a verdict); and the figures, `forest.p
 
 import dataclasses
 import functools
-import json
 import pathlib
 import sys
 
@@ -61,23 +60,34 @@ class Run:
 
 
 def load_run(path):
-    """Reads a run directory's results; missing evaluations are simply absent."""
-    from gradmask_tf import runs
+    """Reads a run directory's results; missing evaluations are simply absent.
+
+    Raises:
+      ValueError: No `config.json`, or a result file damaged (one line naming the file
+        and why: `eval.result_files`).
+    """
+    from eval import result_files
+    from gradmask_tf import files
 
     path = pathlib.Path(path)
-    if not (path / runs.CONFIG).is_file():
-        raise ValueError(f"{path} is not a run directory (no {runs.CONFIG})")
-    evals = {}
-    for file in sorted((path / "eval").glob("*.json")):
-        evals[file.stem] = json.loads(file.read_text())
-    metrics_path = path / runs.METRICS
-    return Run(
-        path=path,
-        config=runs.read_json(path / runs.CONFIG)["flags"],
-        metrics=runs.read_json(metrics_path) if metrics_path.is_file() else {},
-        evals=evals,
-        history=runs.read_history(path),
-    )
+    if not (path / files.CONFIG).is_file():
+        raise ValueError(f"{path} is not a run directory (no {files.CONFIG})")
+    name = files.CONFIG
+    try:
+        config = result_files.read_json(path / name)["flags"]
+        evals = {}
+        for file in result_files.evaluation_files(path):
+            name = f"eval/{file.name}"
+            evals[file.stem] = result_files.read_json(file)
+        name = files.METRICS
+        metrics = result_files.read_json(path / name) if (path / name).is_file() else {}
+        name = files.HISTORY
+        history = result_files.read_history(path / name) if (path / name).is_file() else []
+        if metrics and history:
+            result_files.check_epochs(metrics, history)
+    except result_files.DamagedFile as error:
+        raise ValueError(f"results of {path} are damaged ({name}: {error})") from None
+    return Run(path=path, config=config, metrics=metrics, evals=evals, history=history)
 
 
 def metric_rows(run):

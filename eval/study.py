@@ -18,7 +18,10 @@ difference with its interval, and the figures. With `--results_dir=DIR` the smal
 result files of every run are copied there when it finishes and looked for there first.
 
 Run it again after an interruption: finished runs and evaluations are skipped, an
-unfinished run resumes after its last finished epoch.
+unfinished run resumes after its last finished epoch. Every result file is checked
+before it is trusted (eval/result_files.py): a damaged one is moved aside, named in one
+line, and put back from its other copy or done again. One study runs on a directory at
+a time (eval/study_lock.py: `DIR/study.lock`, `--break_lock`).
 
 With `--engine=ray` (eval/ray_engine.py) each (regime, arm, seed) run, with its
 evaluations, is one Ray Tune trial, on an embedded Ray or on a cluster
@@ -32,12 +35,12 @@ import time
 
 from absl import flags
 
-from eval import EVALUATIONS, plans
+from eval import EVALUATIONS, plans, study_lock
 from eval.arms import UNMASKED, parse_primaries
-from eval.study_engines import engine_settings, on_ray, train_and_evaluate
+from eval.study_engines import connect, engine_settings, on_ray, train_and_evaluate
 from eval.study_report import Progress, copy_report, report_regime, write_index, write_record
 from eval.study_runs import (  # noqa: F401 (the result names and copy_results: for callers)
-    EVAL_RESULT_PATTERNS, RESULT_FILES, StudyRun, copy_results, thread_environment,
+    EVAL_RESULT_PATTERNS, RESULT_FILES, StudyRun, copy_results, thread_environment, warn,
 )
 from gradmask_tf.config import ConfigError
 from gradmask_tf.mask_params import RULES
@@ -92,6 +95,11 @@ def define_flags(fv):
         "Where each run's small result files (config.json, metrics.json, history.csv, eval/*) "
         "are copied once it finishes, and looked for first: a run found there is not trained "
         "again, and the reports are built from there.", flag_values=fv)
+    flags.DEFINE_bool(
+        "break_lock", False,
+        "Take the study directory's lock (study.lock) even if it is held from another host "
+        "(or unreadable): only once that study is known to have stopped. A lock left on "
+        "this host by a process that is gone is taken over without it.", flag_values=fv)
     return _define_engine_flags(fv)
 
 
@@ -368,7 +376,8 @@ def regimes_of(options, env=None):
 
 
 def prepare(argv):
-    """`(options, engine, regimes, cluster)` of a command line, everything checked.
+    """`(options, engine, regimes)` of a command line, everything checked; writes
+    nothing and starts nothing (`connect` starts the Ray engine's cluster).
 
     Raises:
       ValueError: One line naming what is wrong.
@@ -377,17 +386,13 @@ def prepare(argv):
     options = settings(fv)
     engine = engine_settings(fv)
     options["results_dir"] = pathlib.Path(fv.results_dir) if fv.results_dir else None
+    options["break_lock"] = fv.break_lock
     if engine["engine"] == "ray":  # trials run elsewhere: every path absolute
         options["output_dir"] = options["output_dir"].resolve()
         if options["results_dir"] is not None:
             options["results_dir"] = options["results_dir"].resolve()
     regimes = regimes_of(options, thread_environment(engine["cpus"], engine["gpus"]))
-    cluster = None
-    if engine["engine"] == "ray":
-        from eval import ray_engine
-
-        cluster = ray_engine.connect(engine["address"], engine["cpus"], engine["gpus"])
-    return options, engine, regimes, cluster
+    return options, engine, regimes
 
 
 def run_study(options, engine, regimes, cluster, argv):
@@ -443,11 +448,37 @@ def main(argv=None, stderr=None):
         return 0
     logging.set_verbosity(logging.WARNING)
     try:
-        prepared = prepare(argv)
+        options, engine, regimes = prepare(argv)
     except ValueError as error:
         stderr.fail(PROGRAM, error)
-    stderr.release()
-    return run_study(*prepared, argv)
+    return _run_locked(options, engine, regimes, argv, stderr)
+
+
+def _run_locked(options, engine, regimes, argv, stderr):
+    """`run_study` holding the study directory's lock, taken before anything is written
+    or started (one line and exit status 2 if another study holds it)."""
+    import contextlib
+
+    directory = options["output_dir"]
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = study_lock.acquire(directory, break_lock=options["break_lock"], warn=warn)
+    except study_lock.LockHeld as error:
+        stderr.fail(PROGRAM, error)
+    try:
+        cluster = connect(engine)
+    except ValueError as error:
+        study_lock.release(lock)
+        if created:  # nothing was written: leave no trace
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        stderr.fail(PROGRAM, error)
+    try:
+        stderr.release()
+        return run_study(options, engine, regimes, cluster, argv)
+    finally:
+        study_lock.release(lock)
 
 
 if __name__ == "__main__":

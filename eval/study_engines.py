@@ -36,6 +36,20 @@ def engine_settings(fv):
                 gpus=gpus, max_failures=fv.max_failures)
 
 
+def connect(engine):
+    """The Ray engine's cluster, started or joined (a line that describes it), or None
+    for the local engine.
+
+    Raises:
+      ValueError: One line: Ray missing, the cluster unreachable or too small.
+    """
+    if engine["engine"] != "ray":
+        return None
+    from eval import ray_engine
+
+    return ray_engine.connect(engine["address"], engine["cpus"], engine["gpus"])
+
+
 def train_and_evaluate(regime, progress):
     """The local engine, one regime: trains every run, then evaluates each.
 
@@ -64,6 +78,8 @@ def on_ray(regimes, engine, cluster, progress, directory):
     from eval import ray_engine
 
     runs = [run for regime in regimes for run in regime["runs"]]
+    for run in runs:  # a damaged result is healed before it is judged complete
+        run.heal()
     todo = ray_engine.pending(runs)
     for run in runs:
         if run not in todo:

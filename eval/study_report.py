@@ -80,7 +80,17 @@ def write_index(plan, regimes, directory, root):
 def write_record(directory, options, engine, summary, trained, started_at, command):
     """`DIR/study.json`: the settings, the command, and what this invocation did."""
     record = directory / "study.json"
-    previous = files.read_json(record) if record.is_file() else {}
+    previous = {}
+    if record.is_file():
+        from eval import result_files
+        from eval.study_runs import warn
+
+        try:
+            previous = result_files.read_json(record)
+        except result_files.DamagedFile as error:
+            moved = result_files.move_aside(record)
+            warn(f"{record} is damaged ({error}); moved aside to {moved}; its total time "
+                 "starts again from this invocation")
     extra = {}
     if engine["engine"] == "ray":
         extra["engine"] = {

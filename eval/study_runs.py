@@ -10,7 +10,9 @@ the local engine trains every run of a regime, then evaluates each (`train`, the
 Everything a run decides it reads from its directories, so it can be called again at
 any time: a finished run is not trained again, an unfinished one resumes after its last
 finished epoch (train.py does that from the run directory's checkpoint), and only the
-evaluations that have no result yet run.
+evaluations that have no result yet run. Its result files are checked first (`heal`,
+`eval.result_files`): a damaged one is moved aside and put back from its other copy,
+or what it held is done again.
 
 Imports nothing heavy: a Ray worker imports this module to run a trial, and the trial's
 work happens in the train.py and `python -m eval` subprocesses.
@@ -19,11 +21,11 @@ work happens in the train.py and `python -m eval` subprocesses.
 import dataclasses
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
 
+from eval import result_files
 from gradmask_tf.files import CONFIG, HISTORY, METRICS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -36,15 +38,22 @@ EVAL_RESULT_PATTERNS = ("*.json", "saliency_maps.npz")
 
 
 def copy_results(run_dir, results):
-    """Copies a run's small result files to `results` (a run directory of its own)."""
+    """Copies a run's small result files to `results` (a run directory of its own), each
+    through a temporary file renamed into place: a copy cut short leaves no half file."""
     results.mkdir(parents=True, exist_ok=True)
     for name in RESULT_FILES:
         if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, results / name)
+            result_files.copy_file(run_dir / name, results / name)
     for pattern in EVAL_RESULT_PATTERNS:
         for path in sorted((run_dir / "eval").glob(pattern)):
-            (results / "eval").mkdir(exist_ok=True)
-            shutil.copy2(path, results / "eval" / path.name)
+            if path.name.startswith("."):  # a write cut short: not a result
+                continue
+            result_files.copy_file(path, results / "eval" / path.name)
+
+
+def warn(line):
+    """Prints a study's one-line warning on stderr."""
+    print(f"python -m eval.study: {line}", file=sys.stderr, flush=True)
 
 
 def thread_environment(threads, gpus=0.0):
@@ -148,9 +157,9 @@ class StudyRun:
 
     def evaluated(self):
         """The evaluations with a result, in the run directory or in `results`."""
-        done = {p.stem for p in (self.run_dir / "eval").glob("*.json")}
+        done = {p.stem for p in result_files.evaluation_files(self.run_dir)}
         if self.results is not None:
-            done |= {p.stem for p in (self.results / "eval").glob("*.json")}
+            done |= {p.stem for p in result_files.evaluation_files(self.results)}
         return done
 
     def missing(self):
@@ -162,7 +171,19 @@ class StudyRun:
         return (self.run_dir / METRICS).is_file()
 
     def _stored(self):
-        return self.results is not None and (self.results / METRICS).is_file()
+        return self.results is not None and all(
+            (self.results / name).is_file() for name in RESULT_FILES)
+
+    def heal(self):
+        """Checks the run's result files in both places and heals what is damaged
+        (`eval.result_files.heal`): a damaged file is moved aside and put back from its
+        other copy, or what it held is done again. Call it before deciding what the run
+        needs.
+
+        Returns:
+          Whether anything was damaged.
+        """
+        return result_files.heal(self.run_dir, self.results, self.what, warn)
 
     def needs_training(self):
         """Whether train.py must run: stored results are enough unless an evaluation is
@@ -179,6 +200,7 @@ class StudyRun:
         Returns:
           Whether train.py ran.
         """
+        self.heal()
         trained_here, stored = self._trained_here(), self._stored()
         needed = self.needs_training()
         if needed:
@@ -193,6 +215,7 @@ class StudyRun:
         Returns:
           The evaluations that ran.
         """
+        self.heal()
         missing = self.missing()
         if missing:
             python = self.train_command[0]  # the interpreter that trains it
