@@ -68,13 +68,33 @@ def vjp(function, x, upstream, compiled=False):
     return gradient(tf.constant(x), tf.constant(upstream)).numpy()
 
 
-def node_ids(request):
+def node_ids(request, leave_out=()):
     """The ids of every test of the calling test's module but `test_jax_half`.
 
-    Collected afresh from the module, so `-k test_jax_half` runs the whole half.
+    Collected afresh from the module, so `-k test_jax_half` runs the whole half;
+    `leave_out` names the tests that run from the TensorFlow process only.
     """
     module = request.node.parent
-    return [item.nodeid for item in module.collect() if item.name != "test_jax_half"]
+    return [
+        item.nodeid
+        for item in module.collect()
+        if item.name != "test_jax_half" and item.originalname not in leave_out
+    ]
+
+
+def run_other_backend(code, backend, timeout=300):
+    """Runs Python `code` with `KERAS_BACKEND=backend` (TensorFlow blocked on JAX)."""
+    prelude = BLOCK_TENSORFLOW if backend == "jax" else ""
+    process = subprocess.run(
+        [sys.executable, "-c", prelude + code],
+        cwd=ROOT,
+        env=environment(KERAS_BACKEND=backend, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert process.returncode == 0, (process.stdout + process.stderr)[-6000:]
+    return process.stdout
 
 
 def run_jax_half(ids, timeout=600):
