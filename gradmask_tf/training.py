@@ -92,7 +92,10 @@ class GradMaskModel(keras.Model):
     @property
     def metrics(self):
         mask_trackers = [tracker for pair in self._mask_trackers for tracker in pair]
-        return super().metrics + mask_trackers + [self._gradient_norm_tracker]
+        metrics = super().metrics + mask_trackers + [self._gradient_norm_tracker]
+        # Once each: Keras tracks metric attributes itself, and JAX's step takes each
+        # metric variable once (a variable twice in its state is donated twice).
+        return list({id(metric): metric for metric in metrics}.values())
 
     def train_step(self, *args):
         # The backend's own step: TensorFlow's tape, or JAX's stateless gradient.
