@@ -102,7 +102,9 @@ def test_insert_masks_and_set_masks_enabled():
     hidden = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
     hidden = keras.layers.Flatten()(hidden)
     outputs = keras.layers.Dense(3, name="logits")(hidden)
-    model = gradmask_tf.insert_masks(keras.Model(inputs, outputs), "mean", after=lambda layer: layer.name == "conv")
+    model = gradmask_tf.insert_masks(
+        keras.Model(inputs, outputs), "mean", after=lambda layer: layer.name == "conv"
+    )
     assert [type(layer).__name__ for layer in gradmask_tf.mask_layers(model)] == ["GradientMask"]
     model.compile(
         optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -135,7 +135,8 @@ def test_random_rule_is_keyed_by_its_seed():
     upstream = random_gradient(4, seed=2)
     upstream = np.tile(upstream, (8, 4, 4, 8))
     first = backward(upstream, rule="random", keep_fraction=0.3, seed=1)
-    np.testing.assert_array_equal(first, backward(upstream, rule="random", keep_fraction=0.3, seed=1))
+    again = backward(upstream, rule="random", keep_fraction=0.3, seed=1)
+    np.testing.assert_array_equal(first, again)
     other = backward(upstream, rule="random", keep_fraction=0.3, seed=2)
     assert not np.array_equal(first != 0, other != 0)
     np.testing.assert_array_equal(first[first != 0], upstream[first != 0])
@@ -155,7 +156,8 @@ def _units(array, rule, scope):
 
 @pytest.mark.parametrize("rank", (2, 4))
 @pytest.mark.parametrize(
-    "rule,scope", [("mean", "spatial"), ("mean", "channel"), ("topk", "spatial"), ("lateral", "spatial")]
+    "rule,scope",
+    [("mean", "spatial"), ("mean", "channel"), ("topk", "spatial"), ("lateral", "spatial")],
 )
 def test_matched_control_keeps_the_rules_count_and_mass(rule, scope, rank):
     upstream = random_gradient(rank, seed=13)

@@ -2,10 +2,10 @@
 
 The rules are written once, in `keras.ops`, and run on the TensorFlow and JAX
 backends; `backend.py` holds the rest (the custom gradient, TensorFlow's XLA fast
-paths and `NthElement`, the random draws). `gradient_mask` is the public op; the layer in
-`layers.py` calls `masked_identity` with its `enabled` switch, a per-step seed and a
-probe that reports the mask's statistics (`kept_fraction`, `kept_l1`) through the
-backward pass.
+paths and `NthElement`, the random draws). `gradient_mask` is the public op; the
+layer in `layers.py` calls `masked_identity` with its `enabled` switch, a per-step
+seed and a probe that reports the mask's statistics (`kept_fraction`, `kept_l1`)
+through the backward pass.
 
 One module per job, dependencies flowing one way:
   config.py: `MaskConfig` (its parameters declared in `gradmask_tf.mask_params`) and

@@ -1,9 +1,10 @@
 """The position rules `lateral` and `log`: one spatial keep map shared by all channels.
 
 Written in `keras.ops`; their small kernels are TensorFlow's fast paths
-(`backend.fast_path`). Both work on the channel-pooled magnitude map `m = sqrt(sum_c g^2)` of a rank-4
-gradient. `lateral` is LICNN's lateral inhibition between positions; `log` keeps the
-positions where a zero-sum Laplacian-of-Gaussian centre-surround response is >= 0.
+(`backend.fast_path`). Both work on the channel-pooled magnitude map
+`m = sqrt(sum_c g^2)` of a rank-4 gradient. `lateral` is LICNN's lateral inhibition
+between positions; `log` keeps the positions where a zero-sum Laplacian-of-Gaussian
+centre-surround response is >= 0.
 
 References:
   Cao et al. "Lateral Inhibition-Inspired Convolutional Neural Network for Visual

@@ -112,7 +112,10 @@ def apply_rule(g, g32, rule, config, seed):
     if rule == "mean" and not config.soft:
         masked, tau = _mean_mask(g, factor=_mean_factor(config), axes=tuple(axes))
         # The keep indicator only where the statistics or the control need it.
-        return masked, lambda: keras.ops.cast(keras.ops.logical_not(keras.ops.abs(g32) < tau), "float32"), axes
+        keep = lambda: keras.ops.cast(  # noqa: E731
+            keras.ops.logical_not(keras.ops.abs(g32) < tau), "float32"
+        )
+        return masked, keep, axes
     if rule == "mean":
         magnitude = keras.ops.abs(g32)
         tau = _mean_factor(config) * keras.ops.mean(magnitude, axis=axes, keepdims=True)
