@@ -1,6 +1,9 @@
 """Times what Gradient Mask adds: the op's backward and full training steps.
 
-Run: `python -m eval.benchmark [--suites=op,step,resnet50] [--repeats=30]`.
+Run: `python -m eval.benchmark [--suites=op,step,resnet50,jax_step] [--repeats=30]`.
+
+`jax_step` times the cnn's step on Keras's JAX backend (`none` and `mean`, on the CPU)
+in a process of its own (`eval.jax_steps`), since a process holds one Keras backend.
 
 Every candidate is timed interleaved in one process (round-robin, so drift in the
 machine's speed hits all alike) and the median over repeats is reported, with a
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 
@@ -33,6 +37,7 @@ from gradmask_tf import ops  # noqa: E402
 from gradmask_tf.ops import RULES  # noqa: E402
 
 PROGRAM = "python -m eval.benchmark"
+SUITES = ("op", "step", "resnet50", "jax_step")
 # The rules with a matched control (METHOD.md section 2).
 CONTROL_RULES = tuple(rule for rule in RULES if rule not in ("none", "random"))
 # The package's default (GradMaskModel, as train.py): the mask metrics every 10 steps.
@@ -235,9 +240,9 @@ def environment():
 
 def _validate(args, suites):
     """The gradient shape of the op suite; a ValueError names a bad argument."""
-    unknown = sorted(set(suites) - {"op", "step", "resnet50"})
+    unknown = sorted(set(suites) - set(SUITES))
     if unknown:
-        raise ValueError(f"--suites: unknown {', '.join(unknown)}; valid: op, step, resnet50")
+        raise ValueError(f"--suites: unknown {', '.join(unknown)}; valid: {', '.join(SUITES)}")
     if args.repeats < 1:
         raise ValueError(f"--repeats: expected >= 1, received {args.repeats}")
     try:
@@ -257,7 +262,7 @@ def _arguments(argv):
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--shape", default="128,28,28,32", help="op suite: gradient shape")
     parser.add_argument(
-        "--suites", default="op,step,resnet50", help="comma-separated: op, step, resnet50"
+        "--suites", default="op,step,resnet50", help=f"comma-separated: {', '.join(SUITES)}"
     )
     parser.add_argument("--step_repeats", type=int, default=30)
     parser.add_argument("--batch_size", type=int, default=128)
@@ -314,6 +319,28 @@ def _resnet50_suite(args):
     return {"resnet50_step": step}
 
 
+def _jax_step_suite(args):
+    """The cnn's step on Keras's JAX backend, CPU only, in a process of its own."""
+    environment = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    process = subprocess.run(
+        [sys.executable, "-m", "eval.jax_steps", "--architectures=cnn",
+         f"--batch_size={args.batch_size}", f"--repeats={args.step_repeats}"],
+        env=environment, capture_output=True, text=True, check=False,
+    )
+    if process.returncode != 0:
+        raise RuntimeError(f"eval.jax_steps failed:\n{process.stderr[-3000:]}")
+    result = json.loads(process.stdout.strip().splitlines()[-1])
+    (step,) = result["steps"]
+    _print_table(
+        f"Training step on Keras's JAX backend (jax {result['environment']['jax']}, CPU, "
+        f"jax.jit), cnn on 28x28x1, batch {args.batch_size}, mask metrics every 10 steps; "
+        f"median of {args.step_repeats} repeats of 10 steps",
+        step["rows"],
+        ("name", "ms", "vs_none", "spread"),
+    )
+    return {"jax_train_step": step}
+
+
 def main(argv=None):
     args = _arguments(argv)
     suites = args.suites.split(",")
@@ -336,6 +363,8 @@ def main(argv=None):
         result.update(_step_suite(args))
     if "resnet50" in suites:
         result.update(_resnet50_suite(args))
+    if "jax_step" in suites:
+        result.update(_jax_step_suite(args))
     print(json.dumps(result))
     return 0
 

@@ -8,8 +8,6 @@ name, rather than deep inside a training step.
 import contextlib
 import functools
 
-import tensorflow as tf
-
 
 def in_xla_context():
     """Whether the caller is being traced for XLA (`tf.function(jit_compile=True)`).
@@ -18,6 +16,8 @@ def in_xla_context():
     `tf.__internal__.get_enclosing_xla_context`, which TensorFlow exports only under
     its internal namespace.
     """
+    import tensorflow as tf  # Here, not at the top: `is_functional` serves any backend.
+
     return tf.__internal__.get_enclosing_xla_context() is not None
 
 
@@ -47,6 +47,7 @@ def op_determinism(enabled):
     TensorFlow exports only `tf.config.experimental.enable_op_determinism`; reading the
     setting and turning it off again are in `tensorflow.python.framework.config`.
     """
+    import tensorflow as tf
     from tensorflow.python.framework import config as framework_config
 
     before = framework_config.is_op_determinism_enabled()

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from gradmask_tf import mask_params, ops
+from gradmask_tf.ops.backend import generator_seed
 
 
 def point_seeds(seed):
@@ -137,7 +138,9 @@ class GradientMask(keras.layers.Layer):
         # Only the `random` rule and the control draw; the generator advances once
         # per training call, which keys the draw by seed and training step.
         self.seed_generator = (
-            keras.random.SeedGenerator(seed) if rule == "random" or control else None
+            keras.random.SeedGenerator(generator_seed(seed))
+            if rule == "random" or control
+            else None
         )
         self.built = True
 

@@ -1,7 +1,13 @@
-"""`GradMaskModel`: a Keras model whose training step reports what the masks do."""
+"""`GradMaskModel`: a Keras model whose training step reports what the masks do.
+
+The model, its trackers and switches are the same on every backend; the training step
+itself is the backend's (`training_tf.py`: TensorFlow's tape, `training_jax.py`:
+JAX's stateless step), picked by `keras.backend.backend()`.
+"""
+
+import importlib
 
 import keras
-import tensorflow as tf
 
 from gradmask_tf.errors import invalid
 from gradmask_tf.layers import GradientMask
@@ -86,75 +92,32 @@ class GradMaskModel(keras.Model):
     @property
     def metrics(self):
         mask_trackers = [tracker for pair in self._mask_trackers for tracker in pair]
-        return super().metrics + mask_trackers + [self._gradient_norm_tracker]
+        metrics = super().metrics + mask_trackers + [self._gradient_norm_tracker]
+        # Once each: Keras tracks metric attributes itself, and JAX's step takes each
+        # metric variable once (a variable twice in its state is donated twice).
+        return list({id(metric): metric for metric in metrics}.values())
 
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        measure = self._switch_mask_metrics()
-        # Each mask point's probe receives [kept_fraction, kept_l1] as its "gradient".
-        probes = [layer.gradient_probe.value for layer in self.mask_layers]
-        with tf.GradientTape() as tape:
-            tape.watch(probes)
-            y_pred = self(x, training=True)
-            loss = self.compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
-            )
-            scaled_loss = self.optimizer.scale_loss(loss)
-        # The factor the loss was scaled by, read before `apply` may grow or shrink it.
-        loss_scale = self.optimizer.scale_loss(tf.constant(1.0))
-        trainable_variables = self.trainable_variables
-        gradients = tape.gradient(scaled_loss, trainable_variables + probes)
-        gradients, mask_statistics = (
-            gradients[: len(trainable_variables)],
-            gradients[len(trainable_variables) :],
-        )
-        self.optimizer.apply(gradients, trainable_variables)
+    def train_step(self, *args):
+        # The backend's own step: TensorFlow's tape, or JAX's stateless gradient.
+        return _backend_steps().train_step(self, *args)
 
-        # Keras losses are divided by the number of replicas; the logged loss is not.
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        batch_size = tf.shape(tf.nest.flatten(x)[0])[0]
-        for metric in super().metrics:
-            if metric.name == "loss":
-                metric.update_state(loss * replicas, sample_weight=batch_size)
-        for trackers, statistics in zip(self._mask_trackers, mask_statistics):
-            # A mask point the loss does not reach reports no gradient at all.
-            if statistics is not None:
-                for index, tracker in enumerate(trackers):
-                    tracker.update_state(statistics[index], sample_weight=measure)
-        self._update_gradient_norm(gradients, loss_scale, replicas)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    def _switch_mask_metrics(self):
-        """Turns the probes on for a measured step; returns 1.0 if measured, else 0.0."""
-        if self._mask_metrics_every == 1 or not self._mask_trackers:
-            return tf.constant(1.0)
-        # Every N-th step, and the epoch's first (the trackers were just reset), so
-        # every epoch has a figure.
-        measure = tf.logical_or(
-            self.optimizer.iterations % self._mask_metrics_every == 0,
-            tf.equal(self._mask_trackers[0][0].count.value, 0.0),
-        )
-        switch = tf.cast(measure, tf.float32)
-        for layer in self.mask_layers:
-            layer.gradient_probe.assign(tf.fill([2], switch))
-        return switch
-
-    def _update_gradient_norm(self, gradients, loss_scale, replicas):
-        norm = tf.linalg.global_norm(
-            [tf.cast(g, tf.float32) for g in gradients if g is not None]
-        )
-        # Undo loss scaling, so the figure means the same in mixed precision.
-        norm = norm / tf.cast(loss_scale, tf.float32) * replicas
-        finite = tf.math.is_finite(norm)
-        self._gradient_norm_tracker.update_state(
-            tf.where(finite, norm, 0.0), sample_weight=tf.cast(finite, tf.float32)
-        )
-
-    def test_step(self, data):
-        logs = super().test_step(data)
+    def test_step(self, *args):
+        result = super().test_step(*args)
         # The mask trackers describe training steps only.
-        return {
-            name: value
-            for name, value in logs.items()
-            if not name.startswith(MASK_METRIC_PREFIXES) and name != GRADIENT_NORM
-        }
+        if isinstance(result, tuple):  # JAX: (logs, state)
+            return _training_logs_removed(result[0]), result[1]
+        return _training_logs_removed(result)
+
+
+def _training_logs_removed(logs):
+    return {
+        name: value
+        for name, value in logs.items()
+        if not name.startswith(MASK_METRIC_PREFIXES) and name != GRADIENT_NORM
+    }
+
+
+def _backend_steps():
+    """The module of this backend's training step."""
+    name = "jax" if keras.backend.backend() == "jax" else "tf"
+    return importlib.import_module(f"gradmask_tf.training_{name}")

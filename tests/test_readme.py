@@ -53,10 +53,12 @@ def test_quick_start_runs_as_root_and_with_sudo_and_ci_runs_its_test_command():
     train, test = _quick_start_commands()
     setup = train.rsplit(" && ", 1)[0]
     assert train == setup + " && .venv/bin/python train.py"
-    # The tests also install Ray (the --engine=ray tests), in the same pip command.
+    # The tests also install Ray (the --engine=ray tests) and JAX (the JAX backend
+    # tests), in the same pip command.
     requirements = "pip install -r requirements.txt"
+    optional = "-r requirements-ray.txt -r requirements-jax.txt"
     assert setup.count(requirements) == 1
-    test_setup = setup.replace(requirements, f"{requirements} -r requirements-ray.txt")
+    test_setup = setup.replace(requirements, f"{requirements} {optional}")
     assert test == test_setup + " && .venv/bin/python -m pytest -q"
     # As root without sudo (CI, these machines) and as a user with it.
     assert setup.count("apt-get") == setup.count("$(command -v sudo) apt-get") == 2
@@ -64,5 +66,5 @@ def test_quick_start_runs_as_root_and_with_sudo_and_ci_runs_its_test_command():
     ci = (README.parent / ".ci" / "run").read_text()
     apt_packages = re.search(r"apt-get install -y (.*?) &&", setup).group(1).split()
     assert f"apt-get install -y -q {' '.join(apt_packages)}" in ci
-    assert "pip install -q -r requirements.txt -r requirements-ray.txt" in ci
+    assert f"pip install -q -r requirements.txt {optional}" in ci
     assert ci.rstrip().splitlines()[-1] == ".venv/bin/python -m pytest -q"

@@ -1,9 +1,11 @@
 """The Gradient Mask op: identity forward, lateral inhibition on the gradient.
 
-Pure TensorFlow (no Keras import). `gradient_mask` is the public op; the layer in
-`layers.py` calls `masked_identity` with its `enabled` switch, a per-step seed and a
-probe that reports the mask's statistics (`kept_fraction`, `kept_l1`) through the
-backward pass.
+The rules are written once, in `keras.ops`, and run on the TensorFlow and JAX
+backends; `backend.py` holds the rest (the custom gradient, TensorFlow's XLA fast
+paths and `NthElement`, the random draws). `gradient_mask` is the public op; the
+layer in `layers.py` calls `masked_identity` with its `enabled` switch, a per-step
+seed and a probe that reports the mask's statistics (`kept_fraction`, `kept_l1`)
+through the backward pass.
 
 One module per job, dependencies flowing one way:
   config.py: `MaskConfig` (its parameters declared in `gradmask_tf.mask_params`) and
@@ -13,6 +15,8 @@ One module per job, dependencies flowing one way:
   control.py: the matched control and the uniform draws of `random`;
   rules.py: the threshold rules `mean`, `local`, `topk`, and any rule applied;
   statistics.py: the mask statistics;
+  backend.py: what the backend gives beyond `keras.ops` (the one module that
+    names TensorFlow or JAX);
   gradient.py: the custom gradient (`mask_gradient`, `masked_identity`,
     `gradient_mask`).
 

@@ -1,13 +1,15 @@
 """The op's custom gradient: `gradient_mask`, `masked_identity` and `mask_gradient`.
 
 `mask_gradient` is the backward pass: the rule (`rules.py`), `rescale`, the matched
-control (`control.py`) and the statistics (`statistics.py`). `masked_identity` wraps it
-in `tf.custom_gradient` with its switches; `gradient_mask` is the public op.
+control (`control.py`) and the statistics (`statistics.py`), in `keras.ops`.
+`masked_identity` wraps it in the backend's custom gradient (`backend.py`) with its
+switches; `gradient_mask` is the public op.
 """
 
-import tensorflow as tf
+import keras
 
 from gradmask_tf.mask_params import DEFAULTS, POSITION_RULES
+from gradmask_tf.ops import backend
 from gradmask_tf.ops.config import MaskConfig
 from gradmask_tf.ops.control import draw_uniform, matched_control
 from gradmask_tf.ops.rules import apply_rule, restore_l1_norm
@@ -16,15 +18,20 @@ from gradmask_tf.ops.statistics import kept_statistics
 
 def _check_tensor(tensor):
     """The op is defined on float tensors of rank 2 or 4."""
-    if tensor.shape.rank not in (2, 4):
+    if len(tensor.shape) not in (2, 4):
         raise ValueError(
             "Gradient Mask applies to rank-2 [N, D] or rank-4 [N, H, W, C] tensors. "
-            f"Received a tensor of shape {tensor.shape}."
+            f"Received a tensor of shape {tuple(tensor.shape)}."
         )
-    if not tensor.dtype.is_floating:
+    if not keras.backend.is_float_dtype(tensor.dtype):
         raise ValueError(
-            f"Gradient Mask needs a float tensor. Received dtype {tensor.dtype}."
+            "Gradient Mask needs a float tensor. "
+            f"Received dtype {keras.backend.standardize_dtype(tensor.dtype)}."
         )
+
+
+def _no_statistics():
+    return keras.ops.zeros([2], "float32")
 
 
 def mask_gradient(g, config, seed=None, measure=True):
@@ -35,7 +42,7 @@ def mask_gradient(g, config, seed=None, measure=True):
       config: A `MaskConfig`.
       seed: For the `random` rule and the matched control, a `[2]` integer tensor
         for a stateless draw; if None, `config.seed` is used (`[seed, 0]`), and with
-        no seed at all a fresh stateful draw is made.
+        no seed at all a fresh draw is made.
       measure: A Python bool or a scalar bool tensor: whether to compute the
         statistics (they cost about as much as the mask itself); zeros when false.
         Defaults to True.
@@ -49,18 +56,18 @@ def mask_gradient(g, config, seed=None, measure=True):
       counted; both are 1 for `none` and where `g` has no finite non-zero entry.
       With `control=True` they describe the control's own selection.
     """
-    g = tf.convert_to_tensor(g)
-    rank = g.shape.rank
+    g = keras.ops.convert_to_tensor(g)
+    rank = len(g.shape)
     _check_tensor(g)
     rule = config.rule
     if rule == "none" or (rule in ("mean", "local") and config.alpha == 0):
         # alpha = 0 keeps every entry, and so does its control.
-        return g, tf.ones([2], tf.float32)
+        return g, keras.ops.ones([2], "float32")
     if rank == 2 and rule in ("local",) + POSITION_RULES:
         # No spatial neighbourhood: they behave as `mean` over the D units.
         rule = "mean"
     # Thresholds are computed in float32 whatever the gradient's dtype.
-    g32 = tf.cast(g, tf.float32)
+    g32 = keras.ops.cast(g, "float32")
     masked, keep, axes = apply_rule(g, g32, rule, config, seed)
     keep_of = keep if callable(keep) else lambda: keep
     if config.rescale:
@@ -73,24 +80,22 @@ def mask_gradient(g, config, seed=None, measure=True):
             keep_of(),
             rule=rule,
             scope=config.scope,
-            uniform=lambda shape: draw_uniform(shape, tf.float64, config, seed),
+            uniform=lambda like, dtype: draw_uniform(like, dtype, config, seed),
         )
         keep_of = lambda: chosen  # noqa: E731  (the control's own selection)
     if isinstance(measure, bool):
-        return masked, kept_statistics(g32, keep_of()) if measure else tf.zeros([2], tf.float32)
-    return masked, tf.cond(
-        measure, lambda: kept_statistics(g32, keep_of()), lambda: tf.zeros([2], tf.float32)
+        return masked, kept_statistics(g32, keep_of()) if measure else _no_statistics()
+    return masked, keras.ops.cond(
+        measure, lambda: kept_statistics(g32, keep_of()), _no_statistics
     )
 
 
 def masked_identity(x, config, *, enabled=True, seed=None, probe=None):
     """Identity forward whose backward masks the gradient by `config`.
 
-    The building block of `gradient_mask` and of the `GradientMask` layer. Every
-    tensor reaches the `tf.custom_gradient` function positionally: passed by keyword,
-    custom_gradient silently falls back to plain autodiff (tensorflow#65839). Switches
-    are read by the caller and passed in as tensors, so the decorated function reads
-    no variable (tensorflow#31945).
+    The building block of `gradient_mask` and of the `GradientMask` layer, on the
+    backend's own custom gradient (`backend.custom_identity`). Switches are read by
+    the caller and passed in as tensors, so the gradient function reads no variable.
 
     Args:
       x: The activation, rank 2 or rank 4.
@@ -109,38 +114,30 @@ def masked_identity(x, config, *, enabled=True, seed=None, probe=None):
     Returns:
       A tensor equal to `x`.
     """
-    x = tf.convert_to_tensor(x)
+    x = keras.ops.convert_to_tensor(x)
     _check_tensor(x)
     use_seed = seed is not None
-    seed = tf.cast(seed, tf.int64) if use_seed else tf.zeros([2], tf.int64)
     measure = probe is not None
-    probe = tf.zeros([2], tf.float32) if probe is None else probe
     static_enabled = enabled if isinstance(enabled, bool) else None
-    enabled = tf.convert_to_tensor(enabled, tf.bool)
+    enabled, seed, probe = backend.convert_switches(enabled, seed, probe)
 
-    @tf.custom_gradient
-    def identity(x, enabled, seed, probe):
-        def grad(upstream):
-            def masked():
-                return mask_gradient(
-                    upstream,
-                    config,
-                    seed if use_seed else None,
-                    measure=measure and probe[0] != 0,
-                )
+    def backward(upstream, enabled, seed, probe):
+        def masked():
+            return mask_gradient(
+                upstream,
+                config,
+                seed if use_seed else None,
+                measure=measure and probe[0] != 0,
+            )
 
-            def passed():
-                return upstream, tf.ones([2], tf.float32)
+        def passed():
+            return upstream, keras.ops.ones([2], "float32")
 
-            if static_enabled is None:
-                result, statistics = tf.cond(enabled, masked, passed)
-            else:
-                result, statistics = masked() if static_enabled else passed()
-            return result, None, None, statistics
+        if static_enabled is None:
+            return keras.ops.cond(enabled, masked, passed)
+        return masked() if static_enabled else passed()
 
-        return tf.identity(x), grad
-
-    return identity(x, enabled, seed, probe)
+    return backend.custom_identity(x, enabled, seed, probe, backward)
 
 
 def gradient_mask(

@@ -1,16 +1,20 @@
 """The position rules `lateral` and `log`: one spatial keep map shared by all channels.
 
-Both work on the channel-pooled magnitude map `m = sqrt(sum_c g^2)` of a rank-4
-gradient. `lateral` is LICNN's lateral inhibition between positions; `log` keeps the
-positions where a zero-sum Laplacian-of-Gaussian centre-surround response is >= 0.
+Written in `keras.ops`; their small kernels are TensorFlow's fast paths
+(`backend.fast_path`). Both work on the channel-pooled magnitude map
+`m = sqrt(sum_c g^2)` of a rank-4 gradient. `lateral` is LICNN's lateral inhibition
+between positions; `log` keeps the positions where a zero-sum Laplacian-of-Gaussian
+centre-surround response is >= 0.
 
 References:
   Cao et al. "Lateral Inhibition-Inspired Convolutional Neural Network for Visual
   Attention and Saliency Detection". AAAI 2018 (the `lateral` rule).
 """
 
+import keras
 import numpy as np
-import tensorflow as tf
+
+from gradmask_tf.ops import backend
 
 # Keeps an all-zero magnitude map at zero in the `lateral` rule instead of 0/0.
 _TINY = float(np.finfo(np.float32).tiny)
@@ -32,7 +36,7 @@ def lateral_keep(g32, zone_size, inhibition_base, inhibition_strength):
             "The `lateral` rule needs static spatial dimensions. "
             f"Received a gradient of shape {g32.shape}."
         )
-    magnitude = tf.sqrt(tf.reduce_sum(tf.square(g32), axis=3, keepdims=True))
+    magnitude = keras.ops.sqrt(keras.ops.sum(keras.ops.square(g32), axis=3, keepdims=True))
     return _lateral_keep_from_magnitude(
         magnitude,
         zone_size=zone_size,
@@ -44,37 +48,37 @@ def lateral_keep(g32, zone_size, inhibition_base, inhibition_strength):
 # XLA fuses the ~100 small ops on the one-channel maps into a few kernels: 2.5x
 # faster on the CPU than running them one by one (eval/benchmark.py), unlike the
 # bandwidth-bound passes over the full gradient, which XLA made slower there.
-@tf.function(jit_compile=True)
+@backend.fast_path
 def _lateral_keep_from_magnitude(
     magnitude, *, zone_size, inhibition_base, inhibition_strength
 ):
-    norm = tf.sqrt(tf.reduce_sum(tf.square(magnitude), axis=[1, 2], keepdims=True))
-    m_hat = magnitude / tf.maximum(norm, _TINY)
+    norm = keras.ops.sqrt(keras.ops.sum(keras.ops.square(magnitude), axis=(1, 2), keepdims=True))
+    m_hat = magnitude / keras.ops.maximum(norm, _TINY)
     # Average pooling with SAME padding leaves positions outside the map out of the
     # count, which is what the zone mean asks for.
-    zone_mean = tf.nn.avg_pool2d(m_hat, zone_size, 1, "SAME")
+    zone_mean = keras.ops.average_pool(m_hat, zone_size, strides=1, padding="same")
     # Sum over the zone's offsets, one shifted view of the zero-padded map each:
     # five times faster on the CPU than extract_patches, and zero padding leaves
     # positions outside the map out of the sum (m_hat >= 0, so relu(0 - m) = 0).
     half = zone_size // 2
     height, width = m_hat.shape[1], m_hat.shape[2]
-    padded = tf.pad(m_hat, [[0, 0], [half, half], [half, half], [0, 0]])
+    padded = keras.ops.pad(m_hat, [[0, 0], [half, half], [half, half], [0, 0]])
     weights = _lateral_weights(zone_size).reshape(zone_size, zone_size)
     terms = [
         float(weights[i, j])
-        * tf.nn.relu(padded[:, i : i + height, j : j + width, :] - m_hat)
+        * keras.ops.relu(padded[:, i : i + height, j : j + width, :] - m_hat)
         for i in range(zone_size)
         for j in range(zone_size)
         if weights[i, j] > 0
     ]
-    surround = tf.add_n(terms) if terms else tf.zeros_like(m_hat)
-    inhibition = inhibition_base * tf.exp(-zone_mean) + inhibition_strength * surround
-    inhibition_norm = tf.sqrt(
-        tf.reduce_sum(tf.square(inhibition), axis=[1, 2], keepdims=True)
+    surround = backend.add_n(terms) if terms else keras.ops.zeros_like(m_hat)
+    inhibition = inhibition_base * keras.ops.exp(-zone_mean) + inhibition_strength * surround
+    inhibition_norm = keras.ops.sqrt(
+        keras.ops.sum(keras.ops.square(inhibition), axis=(1, 2), keepdims=True)
     )
-    inhibition_hat = inhibition / tf.maximum(inhibition_norm, _TINY)
+    inhibition_hat = inhibition / keras.ops.maximum(inhibition_norm, _TINY)
     # "not (m_hat <= T_hat)" keeps a NaN map, so a NaN gradient is passed on.
-    return tf.cast(tf.logical_not(m_hat <= inhibition_hat), tf.float32)
+    return keras.ops.cast(keras.ops.logical_not(m_hat <= inhibition_hat), "float32")
 
 
 def _log_kernel(zone_size, sigma):
@@ -111,20 +115,20 @@ def log_keep(g32, zone_size, sigma):
             "The `log` rule needs static spatial dimensions. "
             f"Received a gradient of shape {g32.shape}."
         )
-    magnitude = tf.sqrt(tf.reduce_sum(tf.square(g32), axis=3, keepdims=True))
+    magnitude = keras.ops.sqrt(keras.ops.sum(keras.ops.square(g32), axis=3, keepdims=True))
     return _log_keep_from_magnitude(magnitude, zone_size=zone_size, sigma=sigma)
 
 
 # Compiled with XLA for the same reason as `_lateral_keep_from_magnitude`.
-@tf.function(jit_compile=True)
+@backend.fast_path
 def _log_keep_from_magnitude(magnitude, *, zone_size, sigma):
     half = zone_size // 2
     height, width = magnitude.shape[1], magnitude.shape[2]
     # Reflect padding as a gather of static indices: the same as tf.pad's REFLECT
     # where that is defined (half < size), and NumPy's repeated reflection on maps
     # smaller than the zone, where tf.pad fails.
-    padded = tf.gather(magnitude, _reflect_indices(height, half), axis=1)
-    padded = tf.gather(padded, _reflect_indices(width, half), axis=2)
+    padded = keras.ops.take(magnitude, _reflect_indices(height, half), axis=1)
+    padded = keras.ops.take(padded, _reflect_indices(width, half), axis=2)
     kernel = _log_kernel(zone_size, sigma)
     # r = sum_p K_p (m_p - m_centre): exactly 0 on a constant map, which is kept.
     terms = [
@@ -133,6 +137,6 @@ def _log_keep_from_magnitude(magnitude, *, zone_size, sigma):
         for j in range(zone_size)
         if (i, j) != (half, half) and kernel[i, j] != 0
     ]
-    response = tf.add_n(terms) if terms else tf.zeros_like(magnitude)
+    response = backend.add_n(terms) if terms else keras.ops.zeros_like(magnitude)
     # "not (r < 0)" keeps a NaN response, so a NaN gradient is passed on.
-    return tf.cast(tf.logical_not(response < 0), tf.float32)
+    return keras.ops.cast(keras.ops.logical_not(response < 0), "float32")

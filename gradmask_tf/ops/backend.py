@@ -1,0 +1,187 @@
+"""What the op needs from the Keras backend beyond `keras.ops`, in one place.
+
+The rules are written once, in `keras.ops` (`rules.py`, `lateral.py`, `control.py`,
+`statistics.py`, `neighbourhoods.py`). This module holds the rest, chosen once by
+`keras.backend.backend()`:
+
+- the custom gradient (`custom_identity`): `tf.custom_gradient` on TensorFlow,
+  `jax.custom_vjp` on JAX;
+- TensorFlow's fast paths: `fast_path` compiles a rule's small kernels with XLA
+  (`tf.function(jit_compile=True)`; on JAX the whole step is compiled anyway), and
+  the k-th largest entry comes from `NthElement` on the CPU outside XLA;
+- the random draws (`uniform`), stateless and keyed by a `[2]` integer seed:
+  TensorFlow's Philox, JAX's threefry. The two backends draw different masks for
+  the same seed and step; each is reproducible;
+- `add_n`, a sum of many tensors (TensorFlow's own op keeps its rounding).
+
+Only TensorFlow and JAX are written out; any other backend raises here, nowhere else.
+"""
+
+import functools
+
+import keras
+import numpy as np
+
+NAME = keras.backend.backend()
+if NAME not in ("tensorflow", "jax"):
+    raise ImportError(
+        "gradmask_tf's op runs on the TensorFlow and JAX backends of Keras. "
+        f"Received KERAS_BACKEND={NAME!r}; set it to 'tensorflow' or 'jax'."
+    )
+TENSORFLOW = NAME == "tensorflow"
+
+if TENSORFLOW:
+    import tensorflow as tf
+else:
+    import jax
+
+# Whether float64 computes in float64 (JAX keeps float32 unless x64 is enabled).
+HAS_FLOAT64 = TENSORFLOW or bool(jax.config.jax_enable_x64)
+
+
+def fast_path(function):
+    """Compiles `function` with XLA on TensorFlow; unchanged elsewhere.
+
+    For a rule's many small ops on one-channel maps and its fused passes over the
+    gradient, which TensorFlow otherwise runs one kernel at a time.
+    """
+    if TENSORFLOW:
+        return tf.function(jit_compile=True)(function)
+    return function
+
+
+def static_shape(tensor):
+    """The static shape as a tuple of ints or None."""
+    return tuple(tensor.shape)
+
+
+def dynamic_shape(tensor):
+    """The shape with unknown dimensions as tensors (for reshapes and draws)."""
+    return tf.shape(tensor) if TENSORFLOW else tensor.shape
+
+
+def add_n(tensors):
+    """The sum of a list of tensors of one shape."""
+    if TENSORFLOW:
+        return tf.add_n(tensors)
+    return functools.reduce(lambda total, tensor: total + tensor, tensors)
+
+
+def _use_nth_element():
+    # NthElement is linear time and about 3x faster than top_k on the CPU, but has
+    # no XLA or GPU kernel.
+    from gradmask_tf import compat
+
+    if compat.in_xla_context():
+        return False
+    return not tf.config.list_physical_devices("GPU")
+
+
+def kth_largest(values, k):
+    """The k-th largest entry along the last axis (ties counted), shape [...]."""
+    if TENSORFLOW and _use_nth_element():
+        size = values.shape[-1]
+        return tf.raw_ops.NthElement(input=values, n=size - k)
+    return keras.ops.min(keras.ops.top_k(values, k, sorted=False)[0], axis=-1)
+
+
+def _jax_key(seed):
+    """A threefry key from a `[2]` integer seed (a Python int seed fills the first word)."""
+    if isinstance(seed, int):
+        seed %= 2**64
+        return np.array([(seed >> 32) ^ (seed & 0xFFFFFFFF), 0], np.uint32)
+    return jax.numpy.asarray(seed).astype("uint32")
+
+
+def uniform(like, dtype, seed):
+    """Uniform draws in [0, 1) of `like`'s shape, keyed by `seed`, else fresh.
+
+    Args:
+      like: A tensor whose shape the draws take.
+      dtype: The draws' float dtype.
+      seed: A `[2]` integer tensor, a Python int, or None. On TensorFlow None draws
+        from the global generator; on JAX, which has no hidden state under `jit`,
+        from a seed drawn when the op is traced.
+    """
+    if TENSORFLOW:
+        if seed is None:
+            return tf.random.uniform(tf.shape(like), dtype=dtype)
+        if isinstance(seed, int):
+            seed = tf.constant([seed, 0], tf.int64)
+        return tf.random.stateless_uniform(
+            tf.shape(like), seed=tf.cast(seed, tf.int64), dtype=dtype, alg="philox"
+        )
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
+    return jax.random.uniform(_jax_key(seed), like.shape, dtype=dtype)
+
+
+def generator_seed(seed):
+    """`seed` as `keras.random.SeedGenerator` takes it on this backend.
+
+    JAX's generators hold uint32 words: a 63-bit seed is folded into one.
+    """
+    if seed is None or TENSORFLOW:
+        return seed
+    seed %= 2**64
+    return (seed >> 32) ^ (seed & 0xFFFFFFFF)
+
+
+def custom_identity(x, enabled, seed, probe, backward):
+    """Identity forward whose backward is `backward(upstream, enabled, seed, probe)`.
+
+    `backward` returns `(gradient of x, gradient of probe)`; `enabled` (bool),
+    `seed` (`[2]` integers) and `probe` (float32 `[2]`) are tensors.
+    """
+    if TENSORFLOW:
+        return _tensorflow_identity(x, enabled, seed, probe, backward)
+    return _jax_identity(x, enabled, seed, probe, backward)
+
+
+def _tensorflow_identity(x, enabled, seed, probe, backward):
+    # Every tensor reaches the tf.custom_gradient function positionally: passed by
+    # keyword, custom_gradient silently falls back to plain autodiff
+    # (tensorflow#65839); it reads no variable (tensorflow#31945).
+    @tf.custom_gradient
+    def identity(x, enabled, seed, probe):
+        def grad(upstream):
+            result, statistics = backward(upstream, enabled, seed, probe)
+            return result, None, None, statistics
+
+        return tf.identity(x), grad
+
+    return identity(x, enabled, seed, probe)
+
+
+def _float0_zeros(value):
+    # The cotangent of an integer or bool input.
+    return np.zeros(np.shape(value), dtype=jax.dtypes.float0)
+
+
+def _jax_identity(x, enabled, seed, probe, backward):
+    @jax.custom_vjp
+    def identity(x, enabled, seed, probe):
+        return x
+
+    def forward(x, enabled, seed, probe):
+        return x, (enabled, seed, probe)
+
+    def grad(residuals, upstream):
+        enabled, seed, probe = residuals
+        result, statistics = backward(upstream, enabled, seed, probe)
+        return result, _float0_zeros(enabled), _float0_zeros(seed), statistics
+
+    identity.defvjp(forward, grad)
+    return identity(x, enabled, seed, probe)
+
+
+def convert_switches(enabled, seed, probe):
+    """The custom gradient's inputs as tensors: bool, `[2]` seed, float32 `[2]`."""
+    if TENSORFLOW:
+        seed = tf.zeros([2], tf.int64) if seed is None else tf.cast(seed, tf.int64)
+        probe = tf.zeros([2], tf.float32) if probe is None else probe
+        return tf.convert_to_tensor(enabled, tf.bool), seed, probe
+    numpy = jax.numpy
+    seed = numpy.zeros([2], "uint32") if seed is None else _jax_key(seed)
+    probe = numpy.zeros([2], "float32") if probe is None else numpy.asarray(probe, "float32")
+    return numpy.asarray(enabled, bool), seed, probe

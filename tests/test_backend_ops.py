@@ -1,0 +1,181 @@
+"""The op against the NumPy reference, on TensorFlow here and on JAX in a subprocess.
+
+The tests are backend-neutral (`tests/backends.py`): every rule, both scopes, hard and
+soft, `rescale`, the statistics, `enabled`, the seeded draws and the matched control,
+compiled as Keras compiles a step (XLA on TensorFlow, `jax.jit` on JAX).
+"""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+
+from gradmask_tf import MaskConfig, gradient_mask
+from gradmask_tf.ops import masked_identity
+from tests import backends
+from tests.reference import reference_keep, reference_mask, reference_statistics
+
+SHAPES = {2: (3, 9), 4: (2, 6, 5, 3)}
+GRID = [
+    (rule, scope, soft, rescale, rank)
+    for rule, scope, soft, rescale, rank in itertools.product(
+        ("none", "mean", "local", "topk", "lateral", "log"),
+        ("spatial", "channel"),
+        (False, True),
+        (False, True),
+        (2, 4),
+    )
+    if not (soft and rule in ("lateral", "log"))
+    and not (scope == "channel" and rule in ("none", "local", "lateral", "log"))
+]
+
+
+def random_gradient(rank, seed=0, dtype="float32"):
+    return np.random.default_rng(seed).normal(size=SHAPES[rank]).astype(dtype)
+
+
+def backward(upstream, compiled=True, **options):
+    """The gradient that `gradient_mask(x, **options)` sends down for `upstream`."""
+    x = np.ones_like(upstream)
+    return backends.vjp(lambda x: gradient_mask(x, **options), x, upstream, compiled)
+
+
+@pytest.mark.parametrize("rule,scope,soft,rescale,rank", GRID)
+def test_backward_matches_reference(rule, scope, soft, rescale, rank):
+    upstream = random_gradient(rank, seed=rank)
+    options = dict(rule=rule, scope=scope, soft=soft, rescale=rescale)
+    if rule == "lateral":
+        options["zone_size"] = 3
+    expected, borderline = reference_mask(upstream, **options)
+    assert not borderline.any()
+    actual = backward(upstream, **options)
+    assert actual.dtype == expected.dtype
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+    if rule != "none":
+        assert (actual == 0).any() and (actual != 0).any()
+
+
+@pytest.mark.parametrize("rule", ("mean", "topk", "lateral", "log"))
+def test_eager_and_compiled_agree(rule):
+    upstream = random_gradient(4, seed=7)
+    options = dict(rule=rule, zone_size=3)
+    np.testing.assert_array_equal(
+        backward(upstream, compiled=False, **options), backward(upstream, **options)
+    )
+
+
+@pytest.mark.parametrize("dtype", ("float16", "bfloat16", "float32"))
+@pytest.mark.parametrize("rule", ("mean", "topk", "lateral"))
+def test_result_has_the_gradient_dtype(rule, dtype):
+    upstream = keras.ops.convert_to_numpy(
+        keras.ops.cast(random_gradient(4, seed=3), dtype)
+    )
+    actual = backward(upstream, rule=rule, zone_size=3)
+    assert keras.backend.standardize_dtype(actual.dtype) == dtype
+    expected, borderline = reference_mask(upstream.astype("float32"), rule, zone_size=3)
+    np.testing.assert_array_equal((actual != 0)[~borderline], (expected != 0)[~borderline])
+
+
+@pytest.mark.parametrize("rule", ("mean", "topk", "lateral", "log"))
+def test_nan_is_passed_on_and_zeros_stay_zeros(rule):
+    upstream = random_gradient(4, seed=5)
+    upstream[0, 1, 2, 0] = np.nan
+    # Eagerly, as tests/test_ops.py checks it (XLA may turn `g * 0` into a select).
+    assert np.isnan(backward(upstream, compiled=False, rule=rule, zone_size=3)[0, 1, 2, 0])
+    zeros = np.zeros(SHAPES[4], "float32")
+    np.testing.assert_array_equal(backward(zeros, rule=rule, rescale=True), zeros)
+
+
+def _identity_gradients(upstream, config, enabled, probe):
+    """(gradient of x, gradient of the probe) of `masked_identity`, compiled."""
+    x = np.ones_like(upstream)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def loss(x, probe):
+            y = masked_identity(x, config, enabled=enabled, probe=probe)
+            return jax.numpy.sum(y * upstream)
+
+        gradients = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, probe)
+        return tuple(np.asarray(g) for g in gradients)
+    import tensorflow as tf
+
+    @tf.function(jit_compile=True)
+    def gradients(x, probe, enabled):
+        with tf.GradientTape() as tape:
+            tape.watch([x, probe])
+            y = masked_identity(x, config, enabled=enabled, probe=probe)
+            loss = tf.reduce_sum(y * upstream)
+        return tape.gradient(loss, [x, probe])
+
+    return tuple(g.numpy() for g in gradients(tf.constant(x), tf.constant(probe), enabled))
+
+
+@pytest.mark.parametrize("rule", ("mean", "topk", "lateral", "log"))
+def test_probe_reports_statistics_and_enabled_switches(rule):
+    upstream = random_gradient(4, seed=11)
+    config = MaskConfig(rule, zone_size=3)
+    on, off = np.ones(2, "float32"), np.zeros(2, "float32")
+    enabled = keras.ops.convert_to_tensor(True)
+    masked, statistics = _identity_gradients(upstream, config, enabled, on)
+    expected, _ = reference_mask(upstream, rule, zone_size=3)
+    np.testing.assert_allclose(masked, expected, rtol=1e-5, atol=1e-6)
+    keep, _ = reference_keep(upstream, rule, zone_size=3)
+    np.testing.assert_allclose(statistics, reference_statistics(upstream, keep), rtol=1e-5)
+    _, unmeasured = _identity_gradients(upstream, config, enabled, off)
+    np.testing.assert_array_equal(unmeasured, [0.0, 0.0])
+    disabled = keras.ops.convert_to_tensor(False)
+    passed, statistics = _identity_gradients(upstream, config, disabled, on)
+    np.testing.assert_array_equal(passed, upstream)
+    np.testing.assert_array_equal(statistics, [1.0, 1.0])
+
+
+def test_random_rule_is_keyed_by_its_seed():
+    upstream = random_gradient(4, seed=2)
+    upstream = np.tile(upstream, (8, 4, 4, 8))
+    first = backward(upstream, rule="random", keep_fraction=0.3, seed=1)
+    again = backward(upstream, rule="random", keep_fraction=0.3, seed=1)
+    np.testing.assert_array_equal(first, again)
+    other = backward(upstream, rule="random", keep_fraction=0.3, seed=2)
+    assert not np.array_equal(first != 0, other != 0)
+    np.testing.assert_array_equal(first[first != 0], upstream[first != 0])
+    assert abs((first != 0).mean() - 0.3) < 0.02
+
+
+def _units(array, rule, scope):
+    """Per neighbourhood, its entries (positions for lateral and log) as rows."""
+    if array.ndim == 2:
+        return array[:, None, :]
+    if rule in ("lateral", "log"):
+        return np.abs(array).sum(axis=3).reshape(array.shape[0], 1, -1)
+    if scope == "channel":
+        return array.reshape(array.shape[0], -1, array.shape[3])
+    return np.moveaxis(array, 3, 1).reshape(array.shape[0], array.shape[3], -1)
+
+
+@pytest.mark.parametrize("rank", (2, 4))
+@pytest.mark.parametrize(
+    "rule,scope",
+    [("mean", "spatial"), ("mean", "channel"), ("topk", "spatial"), ("lateral", "spatial")],
+)
+def test_matched_control_keeps_the_rules_count_and_mass(rule, scope, rank):
+    upstream = random_gradient(rank, seed=13)
+    options = dict(rule=rule, scope=scope, zone_size=3)
+    rule_output, _ = reference_mask(upstream, **options)
+    controlled = backward(upstream, control=True, seed=3, **options)
+    np.testing.assert_array_equal(controlled, backward(upstream, control=True, seed=3, **options))
+    effective = rule if rank == 4 else ("mean" if rule == "lateral" else rule)
+    # The same number of entries (positions) and the same L1 mass per neighbourhood.
+    count = lambda a: (_units(a, effective, scope) != 0).sum(-1)  # noqa: E731
+    mass = lambda a: np.abs(_units(a, effective, scope)).sum(-1)  # noqa: E731
+    np.testing.assert_array_equal(count(controlled), count(rule_output))
+    np.testing.assert_allclose(mass(controlled), mass(rule_output), rtol=1e-5)
+    assert not np.array_equal(controlled != 0, rule_output != 0)
+
+
+def test_jax_half(request):
+    """Every test above again on JAX, TensorFlow blocked."""
+    if keras.backend.backend() == "jax":
+        raise AssertionError("run test_jax_half from the TensorFlow process")
+    backends.run_jax_half(backends.node_ids(request))
