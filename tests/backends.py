@@ -36,7 +36,9 @@ try:
     import tensorflow
 except ImportError:
     print("TENSORFLOW BLOCKED")
-code = pytest.main(["-q", "-p", "no:cacheprovider", "--noconftest", *sys.argv[1:]])
+# -n 0: in this one process (pyproject's addopts would start two xdist workers, which
+# the finder above does not reach).
+code = pytest.main(["-q", "-p", "no:cacheprovider", "--noconftest", "-n", "0", *sys.argv[1:]])
 assert not any(name.split(".")[0] == "tensorflow" for name in sys.modules), "imported"
 sys.exit(code)
 """
