@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import zipfile
 
+from gradmask_tf import files
 from gradmask_tf.files import CONFIG, HISTORY, MANIFEST, METRICS, file_sha256
 
 # The files every finished run has, that a report needs (the rest are evaluations').
@@ -180,13 +181,7 @@ def damage(directory):
 def move_aside(path):
     """Renames `path` (a file or a directory) to a free `NAME.damaged[-N]` beside it;
     returns the new path."""
-    target = path.with_name(f"{path.name}.damaged")
-    number = 1
-    while target.exists():
-        number += 1
-        target = path.with_name(f"{path.name}.damaged-{number}")
-    os.replace(path, target)
-    return target
+    return files.move_aside(path, suffix=".damaged")
 
 
 def copy_file(source, target):

@@ -171,3 +171,15 @@ def read_history(run_dir):
             {key: int(value) if key == "epoch" else float(value) for key, value in row.items() if value != ""}
             for row in csv.DictReader(file)
         ]
+
+
+def move_aside(path, *, prefix="", suffix=""):
+    """Renames `path` (a file or a directory) to a free `PREFIX NAME SUFFIX[-N]` beside
+    it, never over anything; returns the new path."""
+    target = path.with_name(f"{prefix}{path.name}{suffix}")
+    number = 1
+    while target.exists():
+        number += 1
+        target = path.with_name(f"{prefix}{path.name}{suffix}-{number}")
+    os.replace(path, target)
+    return target

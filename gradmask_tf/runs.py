@@ -17,6 +17,7 @@ import sys
 import keras
 import tensorflow as tf
 
+from gradmask_tf import files
 from gradmask_tf.files import (  # noqa: F401 (re-exported: runs.atomic_write_json, runs.CONFIG, ...)
     CHECKPOINTS,
     CONFIG,
@@ -141,13 +142,7 @@ def _unverified_damage(path):
 
 def _move_aside(path):
     """Renames checkpoint `path` to a free `damaged-<name>[-N]` beside it; returns it."""
-    target = path.with_name(f"damaged-{path.name}")
-    number = 1
-    while target.exists():
-        number += 1
-        target = path.with_name(f"damaged-{path.name}-{number}")
-    os.rename(path, target)
-    return target
+    return files.move_aside(path, prefix="damaged-")
 
 
 def seed_generator_states(model):
