@@ -21,7 +21,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 
 from eval.cli import DeferredStderr
 
@@ -33,6 +32,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import gradmask_tf  # noqa: E402
+from eval.jax_steps import interleaved  # noqa: E402 (TensorFlow-free: the JAX step's too)
 from gradmask_tf import ops  # noqa: E402
 from gradmask_tf.ops import RULES  # noqa: E402
 
@@ -53,25 +53,11 @@ STEP_ARMS = (
 )
 
 
-def _interleaved(candidates, repeats, warmup=3):
-    """Runs each callable `repeats` times round-robin; returns its times in seconds."""
-    for run in candidates.values():
-        for _ in range(warmup):
-            run()
-    times = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, run in candidates.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: np.array(values) for name, values in times.items()}
-
-
 def _interleaved_medians(candidates, repeats, warmup=3):
     """Median seconds of each callable, timed round-robin."""
     return {
         name: float(np.median(values))
-        for name, values in _interleaved(candidates, repeats, warmup).items()
+        for name, values in interleaved(candidates, repeats, warmup).items()
     }
 
 
@@ -191,9 +177,10 @@ def benchmark_step(architecture, input_shape, batch_size, repeats, arms, jit_mod
     ratio of a candidate's repeat to the `none` repeat beside it cancels the
     machine's drift. The spread is the 25th to 75th percentile of those ratios.
     """
-    times = _interleaved(
+    times = interleaved(
         step_candidates(architecture, input_shape, batch_size, arms, jit_modes, block),
         repeats,
+        warmup=3,
     )
     rows = []
     for name, seconds in times.items():
