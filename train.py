@@ -17,6 +17,7 @@ import sys
 
 from absl import flags
 
+from eval.cli import parse_own_flags, wants_help
 from gradmask_tf.config import FIELDS, ConfigError, RunConfig
 
 PROGRAM = "train.py"
@@ -48,14 +49,10 @@ def config_from_argv(argv):
     Raises:
       ConfigError: One line naming the flag that is wrong (a parse error included).
     """
-    flag_values = define_flags(flags.FlagValues())
     try:
-        rest = flag_values(list(argv))
-    except flags.Error as error:
+        flag_values = parse_own_flags(define_flags, argv, " (flags look like --name=value)")
+    except ValueError as error:
         raise ConfigError(str(error)) from None
-    if len(rest) > 1:
-        raise ConfigError(
-            f"unexpected arguments: {' '.join(rest[1:])} (flags look like --name=value)")
     return RunConfig(**{field.name: flag_values[field.name].value for field in FIELDS}).checked()
 
 
@@ -70,7 +67,7 @@ def main(argv=None, stderr=None):
 
     argv = sys.argv if argv is None else argv
     stderr = stderr or ImmediateStderr()
-    if any(arg in ("--help", "-h", "--helpfull") for arg in argv[1:]):
+    if wants_help(argv):
         stderr.release()
         print(define_flags(flags.FlagValues()).get_help())
         return 0

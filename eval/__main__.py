@@ -245,24 +245,17 @@ def main(argv=None, stderr=None):
     """
     from absl import logging
 
-    from eval.cli import ImmediateStderr
+    from eval.cli import ImmediateStderr, parse_own_flags, wants_help
 
     argv = sys.argv if argv is None else argv
     stderr = stderr or ImmediateStderr()
-    fv = define_flags(flags.FlagValues())
-    if any(arg in ("--help", "-h", "--helpfull") for arg in argv[1:]):
+    if wants_help(argv):
         stderr.release()
-        print(fv.get_help())
+        print(define_flags(flags.FlagValues()).get_help())
         return 0
     logging.set_verbosity(logging.WARNING)
     try:
-        try:
-            rest = fv(list(argv))
-        except flags.Error as error:
-            raise ValueError(str(error)) from None
-        if len(rest) > 1:
-            raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
-        options = settings(fv)
+        options = settings(parse_own_flags(define_flags, argv))
         run = load_run(options["run_dir"], options["max_examples"])
     except ValueError as error:
         stderr.fail(PROGRAM, error)

@@ -100,3 +100,31 @@ def parse_flags_or_fail(flag_values, argv, stderr, program):
         return flag_values(argv)
     except flags.Error as error:
         stderr.fail(program, error)
+
+
+HELP_FLAGS = ("--help", "-h", "--helpfull")
+
+
+def wants_help(argv):
+    """Whether a command line (`argv[0]` the program) asks for the flags' help."""
+    return any(arg in HELP_FLAGS for arg in argv[1:])
+
+
+def parse_own_flags(define_flags, argv, hint=""):
+    """The flags `define_flags` defines on a fresh `absl.flags.FlagValues`, parsed from
+    `argv` (`argv[0]` is the program): a command's own flags, never absl's global ones.
+
+    Raises:
+      ValueError: One line naming a flag that is wrong, or the unexpected arguments
+        (followed by `hint`).
+    """
+    from absl import flags
+
+    flag_values = define_flags(flags.FlagValues())
+    try:
+        rest = flag_values(list(argv))
+    except flags.Error as error:
+        raise ValueError(str(error)) from None
+    if len(rest) > 1:
+        raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}{hint}")
+    return flag_values

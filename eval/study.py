@@ -37,6 +37,7 @@ from absl import flags
 
 from eval import EVALUATIONS, plans, study_lock
 from eval.arms import UNMASKED, parse_primaries
+from eval.cli import parse_own_flags, wants_help
 from eval.study_engines import connect, engine_settings, on_ray, train_and_evaluate
 from eval.study_report import Progress, copy_report, report_regime, write_index, write_record
 from eval.study_runs import (  # noqa: F401 (the result names and copy_results: for callers)
@@ -140,14 +141,7 @@ def parse(argv):
     Raises:
       ValueError: One line naming a flag that is wrong.
     """
-    fv = define_flags(flags.FlagValues())
-    try:
-        rest = fv(list(argv))
-    except flags.Error as error:
-        raise ValueError(str(error)) from None
-    if len(rest) > 1:
-        raise ValueError(f"unexpected arguments: {' '.join(rest[1:])}")
-    return fv
+    return parse_own_flags(define_flags, argv)
 
 
 def settings(fv):
@@ -442,7 +436,7 @@ def main(argv=None, stderr=None):
 
     argv = sys.argv if argv is None else argv
     stderr = stderr or ImmediateStderr()
-    if any(arg in ("--help", "-h", "--helpfull") for arg in argv[1:]):
+    if wants_help(argv):
         stderr.release()
         print(define_flags(flags.FlagValues()).get_help())
         return 0
