@@ -1,11 +1,16 @@
-"""Helpers of the end-to-end tests: the project's commands run in subprocesses."""
+"""Helpers of the end-to-end tests: the project's commands run in subprocesses, and
+what a finished run directory holds."""
 
+import csv
 import json
+import math
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "train.py")
@@ -118,3 +123,49 @@ def run_forked(commands, script=TRAIN, timeout=600):
             for index, (args, code) in enumerate(zip(commands, codes))
         ]
 
+
+
+# What a finished run directory holds (the end-to-end tests of train.py).
+
+
+def read_history(run_dir):
+    with open(run_dir / "history.csv") as file:
+        return list(csv.DictReader(file))
+
+
+def assert_ok(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def assert_one_line_error(result, *named):
+    assert result.returncode == 2, result.stderr[-2000:]
+    message = result.stderr.strip()
+    assert "\n" not in message and "Traceback" not in message, message
+    for name in named:
+        assert name in message, message
+
+
+def assert_complete_run(run_dir, epochs=2):
+    for name in ("config.json", "history.csv", "metrics.json", "model.keras"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "saved_model" / "saved_model.pb").is_file()
+    assert any((run_dir / "logs").rglob("*tfevents*")), "TensorBoard logs"
+    assert (run_dir / "checkpoints").is_dir()
+    history = read_history(run_dir)
+    assert [int(row["epoch"]) for row in history] == list(range(1, epochs + 1))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0 <= metrics["test_accuracy"] <= 1 and math.isfinite(metrics["test_loss"])
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["flags"]["epochs"] == epochs and "tensorflow" in config["versions"]
+    return history, metrics
+
+
+def kill_when(process, path, timeout=300):
+    """SIGKILLs `process` as soon as `path` exists (it must not end before)."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.time() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()

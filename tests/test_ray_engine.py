@@ -21,8 +21,8 @@ import pytest
 from tests.helpers import ROOT, environment, run, run_forked
 
 STUDY = str(ROOT / "eval" / "study.py")
-ARMS, SEEDS = ("none", "mean"), (0, 1)
-KILLED = "mean-seed1"  # the run whose train.py is killed after its first epoch
+ARMS, SEEDS = ("none", "mean"), (0,)
+KILLED = "mean-seed0"  # the run whose train.py is killed after its first epoch
 # The engines must agree to this (absolute) tolerance; with deterministic ops and fixed
 # thread counts they agree exactly on this machine.
 TOLERANCE = 1e-6
@@ -138,16 +138,16 @@ def test_a_killed_train_py_is_retried_and_runs_each_epoch_once(studies):
     assert [row["epoch"] for row in _history(killed)] == ["1", "2"]
     log = (root / "ray" / "clean" / "logs" / f"{KILLED}.log").read_text()
     assert log.count("train.py") >= 2 and f"Resuming {killed} after epoch" in log
-    assert ("retry clean: mean, seed 1 (1 of at most 3): a command failed (killed by "
+    assert ("retry clean: mean, seed 0 (1 of at most 3): a command failed (killed by "
             "signal 9") in out, out
     record = json.loads((root / "ray" / "study.json").read_text())
     assert record["engine"]["retries_this_invocation"] == 1
-    assert record["runs_trained_this_invocation"] == 4
+    assert record["runs_trained_this_invocation"] == 2
 
 
 def test_ray_results_land_in_the_local_engines_files(studies):
     root, out = studies["root"], studies["ray_out"]
-    assert "Ray: the embedded Ray: 1 node(s)" in out and "4 of 4 runs to do" in out
+    assert "Ray: the embedded Ray: 1 node(s)" in out and "2 of 2 runs to do" in out
     for arm in ARMS:
         for seed in SEEDS:
             stored = root / "results" / "clean" / f"{arm}-seed{seed}"
@@ -174,9 +174,9 @@ def test_a_study_started_again_has_only_what_is_missing_to_do(studies, tmp_path)
         ["study", *_args(studies["plan"], studies["idx_dir"], tmp_path / "elsewhere")]))
     options["results_dir"] = results
     runs = [run for regime in study.regimes_of(options) for run in regime["runs"]]
-    assert len(runs) == 4 and ray_engine.pending(runs) == []
-    (results / "clean" / "mean-seed0" / "metrics.json").unlink()
-    assert [run.name for run in ray_engine.pending(runs)] == ["mean-seed0"]
+    assert len(runs) == 2 and ray_engine.pending(runs) == []
+    (results / "clean" / "none-seed0" / "metrics.json").unlink()
+    assert [run.name for run in ray_engine.pending(runs)] == ["none-seed0"]
     # A missing evaluation makes a run pending too (it needs the model: trained again).
     runs = [dataclasses.replace(run, evals=("quality",)) for run in runs]
     assert ray_engine.pending(runs) == runs and all(run.needs_training() for run in runs)

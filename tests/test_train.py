@@ -4,58 +4,34 @@ Each architecture with masks on and off, and insertion into keras.applications, 
 checked in process (tests/test_models.py, tests/test_insert.py). Here one run serves
 several checks: the main run (a flagfile; two mirrored CPU devices; masks from the
 second epoch; GSNR) is served from its SavedModel, then a copy of it is refused,
-overwritten, killed and resumed, and ends as the same run uninterrupted.
+overwritten, killed, its newest checkpoint damaged, and resumed, and ends as the same
+run uninterrupted. The label-noise regime and the real Fashion-MNIST are in
+tests/test_train_regime.py, two workers in tests/test_train_workers.py.
 """
 
-import csv
 import json
 import pathlib
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from gradmask_tf import data
-from tests.helpers import MOCK_TRAIN, environment, finish, run, run_forked, start
-
-TINY = ["--epochs=2", "--batch_size=16", "--max_test_examples=32"]
-
-
-def read_history(run_dir):
-    with open(run_dir / "history.csv") as file:
-        return list(csv.DictReader(file))
-
-
-def assert_ok(result):
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
-def assert_one_line_error(result, *named):
-    assert result.returncode == 2, result.stderr[-2000:]
-    message = result.stderr.strip()
-    assert "\n" not in message and "Traceback" not in message, message
-    for name in named:
-        assert name in message, message
-
-
-def assert_complete_run(run_dir, epochs=2):
-    for name in ("config.json", "history.csv", "metrics.json", "model.keras"):
-        assert (run_dir / name).is_file(), name
-    assert (run_dir / "saved_model" / "saved_model.pb").is_file()
-    assert any((run_dir / "logs").rglob("*tfevents*")), "TensorBoard logs"
-    assert (run_dir / "checkpoints").is_dir()
-    history = read_history(run_dir)
-    assert [int(row["epoch"]) for row in history] == list(range(1, epochs + 1))
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert 0 <= metrics["test_accuracy"] <= 1 and np.isfinite(metrics["test_loss"])
-    config = json.loads((run_dir / "config.json").read_text())
-    assert config["flags"]["epochs"] == epochs and "tensorflow" in config["versions"]
-    return history, metrics
+import gradmask_tf  # noqa: F401  (registers its layers and model for load_model)
+from tests.helpers import (
+    MOCK_TRAIN,
+    assert_complete_run,
+    assert_ok,
+    assert_one_line_error,
+    environment,
+    finish,
+    kill_when,
+    read_history,
+    run,
+    run_forked,
+    start,
+)
 
 
 def kept_fractions(row):
@@ -155,7 +131,8 @@ OVERWRITE_FLAGS = [
 
 @pytest.fixture(scope="module")
 def resumed_run(main_run, tmp_path_factory):
-    """A copy of the main run: refused, overwritten, SIGKILLed, refused again, resumed.
+    """A copy of the main run: refused, overwritten, SIGKILLed, its newest checkpoint
+    damaged, refused again, resumed.
 
     Beside it, the same run uninterrupted. Returns a dict of what each step left behind.
     """
@@ -168,16 +145,16 @@ def resumed_run(main_run, tmp_path_factory):
     steps["refused_finished"] = run(args)
     steps["files_after_refusal"] = file_times(run_dir)
 
-    process = start([*args, "--overwrite"], MOCK_TRAIN)
-    deadline = time.time() + 300
-    while not (run_dir / "checkpoints" / "epoch-0001").exists():
-        assert process.poll() is None, process.communicate()[1][-2000:]
-        assert time.time() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
+    checkpoints = run_dir / "checkpoints"
+    # The copy holds the main run's checkpoints of epochs 2 and 3: its fourth is new.
+    kill_when(start([*args, "--overwrite"], MOCK_TRAIN), checkpoints / "epoch-0004")
     steps["killed_metrics"] = (run_dir / "metrics.json").exists()
     steps["killed_epochs"] = [int(row["epoch"]) for row in read_history(run_dir)]
+    # The newest checkpoint truncated, as by a full disk: the resume falls back on the
+    # one before it.
+    steps["damaged"] = max(path.name for path in checkpoints.glob("epoch-*"))
+    weights = checkpoints / steps["damaged"] / "state.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:1000])
 
     steps["files_before_other_settings"] = file_times(run_dir)
     steps["refused_other_settings"] = run([*args, "--epochs=7"])
@@ -202,15 +179,27 @@ def test_resume_refuses_other_settings(resumed_run):
 def test_resumes_after_sigkill_without_repeating_an_epoch(resumed_run):
     assert not resumed_run["killed_metrics"]
     finished = resumed_run["killed_epochs"]
-    assert finished and finished == list(range(1, len(finished) + 1))
+    assert len(finished) >= 4 and finished == list(range(1, len(finished) + 1))
     result, run_dir = resumed_run["resumed"], resumed_run["run_dir"]
     assert_ok(result)
-    assert f"after epoch {len(finished)}" in result.stdout or f"after epoch {len(finished) + 1}" in result.stdout
-    assert_complete_run(run_dir, epochs=6)
-    # The resumed process ran only the epochs that were missing.
-    assert result.stdout.count("Epoch ") <= 6 - len(finished)
+    assert_complete_run(run_dir, epochs=6)  # each epoch once in history.csv
+    # The resumed process ran only the epochs after the intact checkpoint.
+    intact = int(resumed_run["damaged"][-4:]) - 1
+    assert result.stdout.count("Epoch ") == 6 - intact
     # The two newest checkpoints are kept: the fallback of a damaged one.
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch-0005", "epoch-0006"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        f"damaged-{resumed_run['damaged']}", "epoch-0005", "epoch-0006"]
+
+
+def test_a_damaged_checkpoint_is_named_moved_aside_and_the_one_before_used(resumed_run):
+    result, damaged = resumed_run["resumed"], resumed_run["damaged"]
+    assert_ok(result)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    named = [line for line in result.stderr.splitlines() if "damaged" in line]
+    assert len(named) == 1 and f"{damaged} is damaged (state.weights.h5: " in named[0], named
+    assert f"resuming after epoch {int(damaged[-4:]) - 1}" in named[0]
+    moved = resumed_run["run_dir"] / "checkpoints" / f"damaged-{damaged}" / "state.weights.h5"
+    assert moved.stat().st_size == 1000  # renamed, never deleted
 
 
 def gsnr_log(run_dir):
@@ -233,7 +222,7 @@ def test_resumed_run_ends_bit_for_bit_as_the_uninterrupted_one(resumed_run):
     run_dir, reference = resumed_run["run_dir"], resumed_run["uninterrupted_dir"]
     assert_ok(resumed_run["resumed"])
     assert_ok(resumed_run["uninterrupted"])
-    assert resumed_run["killed_epochs"][0] == 1, "killed after its first epoch"
+    assert resumed_run["killed_epochs"][:4] == [1, 2, 3, 4], "killed after its fourth epoch"
     import keras
 
     weights = keras.models.load_model(run_dir / "model.keras").get_weights()
@@ -300,165 +289,3 @@ def test_bad_flags_fail_in_one_line_and_write_nothing(tmp_path):
     for index, ((flags, named), result) in enumerate(zip(BAD_FLAGS, run_forked(commands))):
         assert_one_line_error(result, named)
         assert not (tmp_path / str(index)).exists()
-
-
-# A label-noise run on small data (METHOD.md section 6): the idx_dir fixture's rarest
-# class has 4 examples. Killed after its first epoch and resumed, beside the same run
-# uninterrupted: the best-validation state survives the kill.
-REGIME_FLAGS = [
-    "--label_noise=0.4", "--examples_per_class=4", "--epochs=3", "--batch_size=8",
-    "--max_test_examples=32", "--lr_schedule=cosine", "--optimizer=sgd", "--momentum=0.5",
-    "--learning_rate=0.05", "--deterministic",
-]
-
-
-@pytest.fixture(scope="module")
-def regime_runs(idx_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("regime")
-    runs = {name: root / name for name in ("uninterrupted", "resumed")}
-    args = {name: [*REGIME_FLAGS, f"--data_dir={idx_dir}", f"--output_dir={path}"]
-            for name, path in runs.items()}
-    uninterrupted = start(args["uninterrupted"])
-    process = start(args["resumed"])
-    deadline = time.time() + 300
-    while not (runs["resumed"] / "checkpoints" / "epoch-0001").exists():
-        assert process.poll() is None, process.communicate()[1][-2000:]
-        assert time.time() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    resumed = run(args["resumed"])
-    return runs, {"uninterrupted": finish(uninterrupted), "resumed": resumed}
-
-
-def test_label_noise_run_writes_its_regime_and_metrics(regime_runs, idx_dir):
-    runs, results = regime_runs
-    run_dir = runs["uninterrupted"]
-    assert_ok(results["uninterrupted"])
-    history, metrics = assert_complete_run(run_dir, epochs=3)
-    flags = json.loads((run_dir / "config.json").read_text())["flags"]
-    # The validation share defaults to 0.1 under label noise, recorded as such.
-    assert flags["validation_fraction"] == 0.1 and flags["label_noise"] == 0.4
-    assert (flags["lr_schedule"], flags["momentum"], flags["examples_per_class"]) == ("cosine", 0.5, 4)
-    split = json.loads((run_dir / "split.json").read_text())
-    train, validation = split["train_indices"], split["validation_indices"]
-    assert (len(train), len(validation)) == (36, 4) and not set(train) & set(validation)
-    labels = data.split_labels("fashion_mnist", "train", data_dir=idx_dir)
-    assert np.all(np.bincount(labels[train + validation], minlength=10) == 4)
-    noise = json.loads((run_dir / "label_noise.json").read_text())
-    parts = [record["part"] for record in noise]
-    assert parts.count("train") == round(0.4 * 36) and parts.count("validation") == round(0.4 * 4)
-    for record in noise:
-        assert record["true_label"] == labels[record["index"]] != record["noisy_label"]
-        assert record["index"] in (train if record["part"] == "train" else validation)
-    for row in history:
-        assert 0 <= float(row["val_accuracy"]) <= 1 and 0 <= float(row["test_accuracy"]) <= 1
-    tests = [float(row["test_accuracy"]) for row in history]
-    validations = [float(row["val_accuracy"]) for row in history]
-    assert metrics["test_accuracy_end"] == pytest.approx(np.mean(tests))
-    best = int(np.argmax(validations))
-    assert metrics["best_validation_epoch"] == best + 1
-    assert metrics["best_validation_accuracy"] == pytest.approx(validations[best])
-    # The saved best weights are that epoch's: their test accuracy is the one logged.
-    assert metrics["test_accuracy_best_validation"] == pytest.approx(tests[best])
-    assert (run_dir / "best.weights.h5").is_file()
-    for key in ("memorisation", "clean_train_accuracy"):
-        assert 0 <= metrics[key] <= 1
-        # Recorded each epoch too: the curve ends at the final weights' figure.
-        curve = [float(row[key]) for row in history]
-        assert len(curve) == 3 and all(0 <= value <= 1 for value in curve)
-        assert curve[-1] == pytest.approx(metrics[key], abs=1e-12)
-    assert metrics["test_accuracy"] == pytest.approx(tests[-1], abs=1e-6)
-
-
-def test_label_noise_run_resumes_with_its_best_validation_state(regime_runs):
-    runs, results = regime_runs
-    assert_ok(results["resumed"])
-    assert "Resuming" in results["resumed"].stdout
-    import h5py
-
-    def weights(path):
-        with h5py.File(path) as file:
-            values = []
-            file.visititems(lambda name, item: values.append((name, item[()])) if isinstance(item, h5py.Dataset) else None)
-        return values
-
-    got, want = (weights(runs[name] / "best.weights.h5") for name in ("resumed", "uninterrupted"))
-    assert [name for name, _ in got] == [name for name, _ in want]
-    for (_, a), (_, b) in zip(got, want):
-        np.testing.assert_array_equal(a, b)
-    metrics = [json.loads((runs[name] / "metrics.json").read_text()) for name in runs]
-    for values in metrics:
-        for key in ("train_seconds", "mean_epoch_seconds"):
-            values.pop(key)
-    assert metrics[0] == metrics[1]
-    assert (runs["resumed"] / "label_noise.json").read_text() == (
-        runs["uninterrupted"] / "label_noise.json").read_text()
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_two_worker_run_on_loopback(tmp_path, idx_dir):
-    run_dir = tmp_path / "run"
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
-    args = [*TINY, "--strategy=multi_worker", "--gsnr_every=1", f"--data_dir={idx_dir}",
-            f"--output_dir={run_dir}"]
-    workers = [
-        start(args, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
-        for i in range(2)
-    ]
-    results = [finish(worker, timeout=300) for worker in workers]
-    for result in results:
-        assert_ok(result)
-    history, _ = assert_complete_run(run_dir)
-    assert "Done:" in results[0].stdout and "Done:" not in results[1].stdout
-    gsnr = [float(row["gsnr"]) for row in history]
-    assert gsnr[0] != gsnr[1], "measured anew at each epoch end"
-    # Both workers saw the same synchronized metrics.
-    assert results[1].stdout.count("Epoch 2/2") == 1
-
-
-def test_real_fashion_mnist(tmp_path):
-    if not pathlib.Path(data.DEBIAN_FASHION_MNIST_DIR).is_dir():
-        pytest.skip("Debian's dataset-fashion-mnist is not installed")
-    run_dir = tmp_path / "run"
-    result = run(
-        ["--epochs=1", "--max_train_examples=3000", "--max_test_examples=1000",
-         f"--output_dir={run_dir}"]
-    )
-    assert_ok(result)
-    _, metrics = assert_complete_run(run_dir, epochs=1)
-    assert metrics["num_test_examples"] == 1000
-    # One short epoch on 3000 real images lands far above chance (0.1).
-    assert metrics["test_accuracy"] > 0.6
-
-
-def test_resume_moves_a_damaged_checkpoint_aside_and_runs_its_epoch_again(idx_dir, tmp_path):
-    run_dir, checkpoints = tmp_path / "run", tmp_path / "run" / "checkpoints"
-    args = ["--epochs=6", "--batch_size=16", "--max_test_examples=32",
-            f"--data_dir={idx_dir}", f"--output_dir={run_dir}"]
-    process = start(args)
-    deadline = time.time() + 300
-    while not (checkpoints / "epoch-0002").exists():
-        assert process.poll() is None, process.communicate()[1][-2000:]
-        assert time.time() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    assert not (run_dir / "metrics.json").exists()
-    newest = max(path.name for path in checkpoints.glob("epoch-*"))
-    weights = checkpoints / newest / "state.weights.h5"
-    weights.write_bytes(weights.read_bytes()[:1000])  # truncated, as by a full disk
-
-    result = run(args)
-    assert_ok(result)
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    named = [line for line in result.stderr.splitlines() if "damaged" in line]
-    assert len(named) == 1 and f"{newest} is damaged (state.weights.h5: " in named[0], named
-    assert f"resuming after epoch {int(newest[-4:]) - 1}" in named[0]
-    assert (checkpoints / f"damaged-{newest}" / "state.weights.h5").stat().st_size == 1000
-    assert_complete_run(run_dir, epochs=6)  # each epoch once in history.csv
