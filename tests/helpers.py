@@ -78,8 +78,12 @@ for index, args in enumerate(commands):
         try:
             for fd, stream in ((1, "stdout"), (2, "stderr")):
                 os.dup2(os.open(f"{output}/{index}.{stream}", os.O_WRONLY | os.O_CREAT, 0o644), fd)
-            sys.argv = [script, *args]
-            runpy.run_path(script, run_name="__main__")
+            if script.startswith("-m "):
+                sys.argv = [script[3:], *args]
+                runpy.run_module(script[3:], run_name="__main__", alter_sys=True)
+            else:
+                sys.argv = [script, *args]
+                runpy.run_path(script, run_name="__main__")
             code = 0
         except SystemExit as exit:
             code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
@@ -96,6 +100,8 @@ print(json.dumps(codes))
 
 def run_forked(commands, script=TRAIN, timeout=600):
     """Runs `python script args` for each `args` of `commands`; results in order.
+
+    `script` is a path, or `-m MODULE` for `python -m MODULE args`.
 
     Each is its own process with its own exit status, stdout and stderr, forked from
     one process that imported the heavy modules once: for command lines that fail

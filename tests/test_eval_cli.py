@@ -5,7 +5,7 @@ import json
 import pytest
 
 from eval import EVALUATIONS, compare
-from tests.helpers import TRAIN, finish, run_all, start
+from tests.helpers import TRAIN, run_all, run_forked
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +61,12 @@ def test_eval_writes_every_evaluation_with_its_settings(evaluated_runs):
         assert (run_dir / "eval" / "saliency_maps.npz").is_file()
 
 
-def test_compare_reports_two_runs(evaluated_runs, tmp_path):
+def test_compare_reports_two_runs(evaluated_runs, tmp_path, capsys):
+    # As `python -m eval.compare RUN RUN --output_dir=... --primary=...` runs it.
     runs, _ = evaluated_runs
-    result = finish(
-        start(["-m", "eval.compare", *map(str, runs.values()), f"--output_dir={tmp_path}",
-               "--primary=mean:test_accuracy:higher"], script=None)
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    argv = ["compare", *map(str, runs.values()), f"--output_dir={tmp_path}",
+            "--primary=mean:test_accuracy:higher"]
+    assert compare.main(argv) == 0
     report = (tmp_path / "report.md").read_text()
     for heading in ("Accuracy (test split)", "Accuracy under L∞ attack", "after magnitude pruning",
                     "foreground focus", "GSNR", "Mask metrics"):
@@ -81,14 +80,6 @@ def test_compare_reports_two_runs(evaluated_runs, tmp_path):
     for figure in ("adversarial.png", "pruning.png", "gsnr.png", "saliency.png"):
         assert (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"
         assert f"]({figure})" in report
-
-
-def test_compare_runs_when_called_from_python(evaluated_runs, tmp_path, capsys):
-    runs, _ = evaluated_runs
-    argv = ["compare", *map(str, runs.values()), f"--output_dir={tmp_path}"]
-    assert compare.main(argv) == 0
-    assert "| metric | none | mean |" in (tmp_path / "report.md").read_text()
-    assert (tmp_path / "saliency.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         compare.main(["compare", str(runs["mean"])])
@@ -107,7 +98,7 @@ def test_eval_rejects_bad_input_in_one_line(tmp_path, evaluated_runs):
         ([f"--run_dir={runs['mean']}", "--attacks=cw"], "valid: fgsm, pgd, bim, mim"),
         ([], "--run_dir"),
     ]
-    results = run_all([(["-m", "eval", *args], None) for args, _ in cases])
+    results = run_forked([args for args, _ in cases], script="-m eval")
     for (args, named), result in zip(cases, results):
         assert result.returncode == 2, (args, result.stderr[-1000:])
         message = result.stderr.strip()
