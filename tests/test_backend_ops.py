@@ -81,10 +81,54 @@ def test_result_has_the_gradient_dtype(rule, dtype):
 def test_nan_is_passed_on_and_zeros_stay_zeros(rule):
     upstream = random_gradient(4, seed=5)
     upstream[0, 1, 2, 0] = np.nan
-    # Eagerly, as tests/test_ops.py checks it (XLA may turn `g * 0` into a select).
-    assert np.isnan(backward(upstream, compiled=False, rule=rule, zone_size=3)[0, 1, 2, 0])
+    # Eagerly and compiled: never `NaN * 0`, which XLA turns into a select that hides it.
+    for compiled in (False, True):
+        assert np.isnan(backward(upstream, compiled, rule=rule, zone_size=3)[0, 1, 2, 0])
     zeros = np.zeros(SHAPES[4], "float32")
     np.testing.assert_array_equal(backward(zeros, rule=rule, rescale=True), zeros)
+
+
+# One option set per rule, among them the options that once turned an Inf into NaN.
+NON_FINITE_CASES = [
+    dict(rule="mean", rescale=True),
+    dict(rule="mean", soft=True, rescale=True, scope="channel"),
+    dict(rule="local", soft=True),
+    dict(rule="topk", rescale=True),
+    dict(rule="lateral", zone_size=3, rescale=True),
+    dict(rule="log", zone_size=3),
+    dict(rule="random", seed=1, rescale=True),
+]
+
+
+@pytest.mark.parametrize("options", NON_FINITE_CASES)
+def test_non_finite_entries_pass_and_count_as_zero(options):
+    # METHOD.md §2: a NaN or Inf is passed on as it is, and its neighbours are masked
+    # as if it were zero.
+    zeroed = random_gradient(4, seed=14)
+    places = (0, 1, 1, 0), (0, 2, 3, 1), (1, 4, 4, 2)
+    for place in places:
+        zeroed[place] = 0.0
+    upstream = zeroed.copy()
+    for place, value in zip(places, (np.nan, np.inf, -np.inf)):
+        upstream[place] = value
+    finite = np.isfinite(upstream)
+    for compiled in (False, True):
+        actual = backward(upstream, compiled, **options)
+        np.testing.assert_array_equal(actual[~finite], upstream[~finite])
+        expected = backward(zeroed, compiled, **options)
+        np.testing.assert_allclose(actual[finite], expected[finite], rtol=1e-6)
+
+
+@pytest.mark.parametrize("options", NON_FINITE_CASES)
+def test_huge_and_tiny_gradients_are_masked_as_ordinary_ones(options):
+    # Float32 sums and squares of these overflow or underflow; the masks must not care.
+    # (A power of two scales exactly: the same rounding, hence the same results.)
+    upstream = random_gradient(4, seed=15)
+    expected = backward(upstream, **options)
+    for scale in (np.float32(2.0**100), np.float32(2.0**-100)):
+        actual = backward(upstream * scale, **options)
+        np.testing.assert_array_equal(actual != 0, expected != 0)
+        np.testing.assert_allclose(actual, expected * scale, rtol=1e-6)
 
 
 def _identity_gradients(upstream, config, enabled, probe):

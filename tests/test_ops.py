@@ -635,8 +635,7 @@ class TestMatchedControl:
             np.testing.assert_array_equal(backward(zeros, zeros, **options), zeros)
         upstream = sparse_gradient(SHAPES[4], seed=46)
         upstream[0, 1, 1, 0] = np.nan
-        if not rescale:  # (`rescale` turns a feature map holding an Inf into NaN.)
-            upstream[0, 2, 3, 1] = np.inf
+        upstream[0, 2, 3, 1] = np.inf
         controlled = backward(upstream, upstream, **options)
         rule_output = backward(upstream, upstream, **dict(options, control=False))
         assert np.isnan(controlled[0, 1, 1, 0])

@@ -60,6 +60,17 @@ def dynamic_shape(tensor):
     return tf.shape(tensor) if TENSORFLOW else tensor.shape
 
 
+def cond(predicate, true_fn, false_fn):
+    """`keras.ops.cond`; a concrete predicate on JAX picks its branch in Python.
+
+    Eager JAX would trace and compile both branches of `lax.cond` on every call
+    (they are new closures each time); TensorFlow's eager `tf.cond` runs one.
+    """
+    if not TENSORFLOW and not isinstance(predicate, jax.core.Tracer):
+        return true_fn() if bool(predicate) else false_fn()
+    return keras.ops.cond(predicate, true_fn, false_fn)
+
+
 def add_n(tensors):
     """The sum of a list of tensors of one shape."""
     if TENSORFLOW:

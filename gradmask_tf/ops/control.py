@@ -6,11 +6,14 @@ rule's output. Draws are stateless where a seed is given, so a run is reproducib
 """
 
 import keras
+import numpy as np
 
 from gradmask_tf.mask_params import POSITION_RULES
 from gradmask_tf.ops import backend
 from gradmask_tf.ops.neighbourhoods import (
+    FLOAT32_TINY,
     from_spatial_rows,
+    inverse_size,
     kth_largest_per_row,
     neighbourhood_axes,
     spatial_rows,
@@ -117,8 +120,9 @@ def matched_control(g, g32, masked, keep, *, rule, scope, uniform):
       float32 keep indicator per entry.
     """
     finite = keras.ops.isfinite(g32)
-    # Non-finite entries are passed on and are not part of the count or the mass.
-    eligible = keras.ops.logical_and(finite, g32 != 0)
+    # Non-finite entries are passed on and are not part of the count or the mass;
+    # denormals count as zero, flushed or not.
+    eligible = keras.ops.logical_and(finite, keras.ops.abs(g32) >= FLOAT32_TINY)
     kept = keras.ops.logical_and(eligible, keep > 0)
     eligible_units, kept_units, axes = _control_units(
         eligible, kept, rule, scope, len(g.shape)
@@ -126,17 +130,19 @@ def matched_control(g, g32, masked, keep, *, rule, scope, uniform):
     chosen = _choose(g, eligible_units, kept_units, axes, uniform)
     chosen = keras.ops.logical_and(chosen, eligible)  # positions: over their channels
     masked32 = keras.ops.cast(masked, "float32")
+    unit = inverse_size(g32, axes)  # masses of |g| / n: their float32 sums cannot overflow
     target = keras.ops.sum(
-        keras.ops.where(keras.ops.isfinite(masked32), keras.ops.abs(masked32), 0.0),
+        keras.ops.where(keras.ops.isfinite(masked32), keras.ops.abs(masked32) * unit, 0.0),
         axis=axes,
         keepdims=True,
     )
     selected = keras.ops.sum(
-        keras.ops.where(chosen, keras.ops.abs(g32), 0.0), axis=axes, keepdims=True
+        keras.ops.where(chosen, keras.ops.abs(g32) * unit, 0.0), axis=axes, keepdims=True
     )
     scale = keras.ops.where(
         selected > 0, target / keras.ops.where(selected > 0, selected, 1.0), 0.0
     )
+    scale = keras.ops.where(scale < np.inf, scale, 1.0)  # beyond float32: unscaled
     factor = keras.ops.where(chosen, scale, 0.0)
     # The product in float64 for a float64 gradient, so its entries keep their
     # precision; float32 otherwise, so a large factor does not overflow float16.

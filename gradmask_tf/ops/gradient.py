@@ -164,7 +164,8 @@ def gradient_mask(
 
     For each sample, a threshold `tau` is computed in float32 from `|g|` over a
     neighbourhood; hard mode keeps `g` where `|g| >= tau`, soft mode returns
-    `sign(g) * max(|g| - tau, 0)`.
+    `sign(g) * max(|g| - tau, 0)`. Non-finite entries (NaN, +-Inf) are passed on as
+    they are and count as zero in every threshold; no NaN is created.
 
     Args:
       x: A float tensor, rank 2 `[N, D]` or rank 4 `[N, H, W, C]` (channels last).
@@ -188,7 +189,8 @@ def gradient_mask(
         Defaults to False.
       rescale: Multiply the masked gradient by `||g||_1 / ||g_masked||_1` per
         neighbourhood (per feature map for `local`, `lateral`, `log`, `random`),
-        keeping the step size. Defaults to False.
+        keeping the step size; norms over the finite entries, no rescale where the
+        factor is not finite in float32. Defaults to False.
       control: The rule's matched control, for `mean`, `local`, `topk`, `lateral`
         and `log` (not with `soft`): in each neighbourhood (a feature map for
         `spatial` scope, `local` and rank 2; the channels at one position for

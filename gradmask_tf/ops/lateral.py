@@ -2,9 +2,10 @@
 
 Written in `keras.ops`; their small kernels are TensorFlow's fast paths
 (`backend.fast_path`). Both work on the channel-pooled magnitude map
-`m = sqrt(sum_c g^2)` of a rank-4 gradient. `lateral` is LICNN's lateral inhibition
-between positions; `log` keeps the positions where a zero-sum Laplacian-of-Gaussian
-centre-surround response is >= 0.
+`m = sqrt(sum_c g^2)` of a rank-4 gradient (`position_mask`), and neither changes
+when a sample's gradient is multiplied by a positive factor. `lateral` is LICNN's
+lateral inhibition between positions; `log` keeps the positions where a zero-sum
+Laplacian-of-Gaussian centre-surround response is >= 0.
 
 References:
   Cao et al. "Lateral Inhibition-Inspired Convolutional Neural Network for Visual
@@ -15,6 +16,7 @@ import keras
 import numpy as np
 
 from gradmask_tf.ops import backend
+from gradmask_tf.ops.neighbourhoods import finite_magnitude
 
 # Keeps an all-zero magnitude map at zero in the `lateral` rule instead of 0/0.
 _TINY = float(np.finfo(np.float32).tiny)
@@ -29,14 +31,63 @@ def _lateral_weights(zone_size):
     return weights.reshape(-1).astype(np.float32)
 
 
-def lateral_keep(g32, zone_size, inhibition_base, inhibition_strength):
-    """The LICNN-style spatial keep map [N, H, W, 1] of a rank-4 gradient."""
+# Squares of the channel norm kept well inside float32: the sample's largest at most
+# 2^100 (so a sum over its positions cannot overflow) and at least 2^-40 (so the
+# squares that underflow, below 2^-126, are below 2^-86 of it; an all-zero sample,
+# which may be one whose squares all underflowed, takes the scaled branch).
+_LARGEST_SQUARES = 2.0**100
+_SMALLEST_SQUARES = 2.0**-40
+
+
+def _check_static(g32, rule):
     if g32.shape[1] is None or g32.shape[2] is None:
         raise ValueError(
-            "The `lateral` rule needs static spatial dimensions. "
+            f"The `{rule}` rule needs static spatial dimensions. "
             f"Received a gradient of shape {g32.shape}."
         )
-    magnitude = keras.ops.sqrt(keras.ops.sum(keras.ops.square(g32), axis=3, keepdims=True))
+
+
+def position_mask(g, g32, rule, keep_of_magnitude):
+    """`(masked, keep)` of a position rule, keep `[N, H, W, 1]` from the magnitude map.
+
+    The map `m = sqrt(sum_c g^2)` over the finite entries, up to a positive factor
+    per sample, which leaves either rule's mask unchanged. Where every entry is
+    finite and each sample's squares sit well inside float32 (the usual case), the
+    squares are summed as they are; otherwise the non-finite entries are set to zero
+    and each sample is divided by its largest finite magnitude first, and the
+    non-finite entries are passed on as they are.
+    """
+    _check_static(g32, rule)
+    squares = keras.ops.sum(keras.ops.square(g32), axis=3, keepdims=True)
+    largest = keras.ops.max(squares, axis=(1, 2, 3))
+    # NaN compares false: a NaN anywhere takes the second branch.
+    usual = keras.ops.logical_and(
+        keras.ops.all(squares <= _LARGEST_SQUARES),
+        keras.ops.all(largest >= _SMALLEST_SQUARES),
+    )
+
+    def as_they_are():
+        keep = keep_of_magnitude(keras.ops.sqrt(squares))
+        return g * keras.ops.cast(keep, g.dtype), keep
+
+    def scaled_per_sample():
+        magnitude = keras.ops.abs(g32)
+        finite = magnitude < np.inf
+        top = keras.ops.max(finite_magnitude(magnitude), axis=(1, 2, 3), keepdims=True)
+        # g / top, in two steps: XLA divides by multiplying with the reciprocal, which
+        # is a denormal (flushed to zero) for a top beyond 2^126.
+        step = keras.ops.where(top >= 1.0, 2.0**-64, 2.0**64)
+        scaled = keras.ops.where(finite, g32 * step, 0.0) / keras.ops.maximum(top * step, _TINY)
+        keep = keep_of_magnitude(
+            keras.ops.sqrt(keras.ops.sum(keras.ops.square(scaled), axis=3, keepdims=True))
+        )
+        return keras.ops.where(finite, g * keras.ops.cast(keep, g.dtype), g), keep
+
+    return backend.cond(usual, as_they_are, scaled_per_sample)
+
+
+def lateral_keep(magnitude, zone_size, inhibition_base, inhibition_strength):
+    """The LICNN-style spatial keep map [N, H, W, 1] of a magnitude map [N, H, W, 1]."""
     return _lateral_keep_from_magnitude(
         magnitude,
         zone_size=zone_size,
@@ -108,14 +159,8 @@ def _reflect_indices(size, half):
     return np.where(index >= size, period - index, index)
 
 
-def log_keep(g32, zone_size, sigma):
-    """The centre-surround spatial keep map [N, H, W, 1] of a rank-4 gradient."""
-    if g32.shape[1] is None or g32.shape[2] is None:
-        raise ValueError(
-            "The `log` rule needs static spatial dimensions. "
-            f"Received a gradient of shape {g32.shape}."
-        )
-    magnitude = keras.ops.sqrt(keras.ops.sum(keras.ops.square(g32), axis=3, keepdims=True))
+def log_keep(magnitude, zone_size, sigma):
+    """The centre-surround spatial keep map [N, H, W, 1] of a magnitude map [N, H, W, 1]."""
     return _log_keep_from_magnitude(magnitude, zone_size=zone_size, sigma=sigma)
 
 

@@ -1,13 +1,40 @@
-"""A neighbourhood's entries as rows, and the k-th largest entry of each row.
+"""Neighbourhoods: their axes and sizes, their entries as rows, the k-th largest entry.
 
 The selections behind `topk` and the matched control, in `keras.ops`; the k-th
 largest itself comes from `backend.kth_largest` (`NthElement` on TensorFlow's CPU).
+Also the two helpers every rule shares to keep non-finite entries out of its sums
+(`finite_magnitude`) and its float32 sums from overflowing (`inverse_size`).
 """
+
+import math
 
 import keras
 import numpy as np
 
 from gradmask_tf.ops import backend
+
+# The smallest normal float32 number (2^-126): a magnitude below it counts as zero,
+# as it does wherever the hardware flushes denormals (CPUs do, in TensorFlow and JAX).
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def finite_magnitude(magnitude):
+    """`magnitude` with its non-finite entries set to zero (NaN < inf is false)."""
+    return keras.ops.where(magnitude < np.inf, magnitude, 0.0)
+
+
+def inverse_size(tensor, axes):
+    """1 / the number of entries over `axes`: a float, or a float32 scalar if dynamic.
+
+    A sum of magnitudes each multiplied by it first is at most their largest, so
+    it cannot overflow float32 however large the entries are.
+    """
+    sizes = [tensor.shape[axis] for axis in axes]
+    if None not in sizes:
+        return 1.0 / math.prod(sizes)
+    shape = backend.dynamic_shape(tensor)
+    size = math.prod([shape[axis] for axis in axes])
+    return 1.0 / keras.ops.cast(size, "float32")
 
 
 def neighbourhood_axes(rank, scope):

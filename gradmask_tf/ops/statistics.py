@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from gradmask_tf.ops import backend
+from gradmask_tf.ops.neighbourhoods import FLOAT32_TINY, inverse_size
 
 
 # Compiled with XLA on TensorFlow: four reductions over the gradient fuse into one pass.
@@ -13,18 +14,20 @@ def kept_statistics(g32, keep):
 
     Both are 1 where there is no such entry (nothing to mask). `keep` is per entry
     or per position `[N, H, W, 1]`, whose channels are then counted as entries.
+    Non-zero means non-zero in float32: denormals count as zero, flushed or not.
     """
-    # |g| with the non-finite entries (NaN < inf is false) set to zero: the entries
-    # counted are then exactly its non-zero ones.
     magnitude = keras.ops.abs(g32)
-    magnitude = keras.ops.where(magnitude < np.inf, magnitude, 0.0)
-    passed = magnitude * keras.ops.cast(keep > 0, "float32")
+    # Finite and non-zero (NaN fails both comparisons).
+    counted = keras.ops.logical_and(magnitude >= FLOAT32_TINY, magnitude < np.inf)
+    passed = keras.ops.logical_and(counted, keep > 0)
     # Counts in float64 where the backend has it (exact), else float32 (exact to 2^24).
     wide = "float64" if backend.HAS_FLOAT64 else "float32"
-    count = keras.ops.cast(keras.ops.count_nonzero(magnitude), wide)
-    passed_count = keras.ops.cast(keras.ops.count_nonzero(passed), wide)
-    mass = keras.ops.sum(magnitude)
-    passed_mass = keras.ops.sum(passed)
+    count = keras.ops.sum(keras.ops.cast(counted, wide))
+    passed_count = keras.ops.sum(keras.ops.cast(passed, wide))
+    # Masses of |g| / size: their float32 sums cannot overflow.
+    scaled = magnitude * inverse_size(g32, range(len(g32.shape)))
+    mass = keras.ops.sum(keras.ops.where(counted, scaled, 0.0))
+    passed_mass = keras.ops.sum(keras.ops.where(passed, scaled, 0.0))
     kept_fraction = keras.ops.where(
         count > 0, passed_count / keras.ops.maximum(count, 1.0), 1.0
     )
