@@ -1,7 +1,8 @@
 """A neighbourhood's entries as rows, and the k-th largest entry of each row.
 
-The selections behind `topk` and the matched control, in `keras.ops`; the k-th
-largest itself comes from `backend.kth_largest` (`NthElement` on TensorFlow's CPU).
+In `keras.ops`: the rows behind `topk` and the matched control, and `topk`'s
+selection, whose k-th largest comes from `backend.kth_largest` (`NthElement` on
+TensorFlow's CPU).
 """
 
 import keras
