@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gradmask_tf import MaskConfig, gradient_mask
-from gradmask_tf.ops import masked_identity
+from gradmask_tf.ops import control, masked_identity
 from tests import backends
 from tests.reference import reference_keep, reference_mask, reference_statistics
 
@@ -216,6 +216,41 @@ def test_matched_control_keeps_the_rules_count_and_mass(rule, scope, rank):
     np.testing.assert_array_equal(count(controlled), count(rule_output))
     np.testing.assert_allclose(mass(controlled), mass(rule_output), rtol=1e-5)
     assert not np.array_equal(controlled != 0, rule_output != 0)
+
+
+def _largest_by_keys_then_position(eligible, num, keys, second):
+    """Per row, the `num` eligible entries largest by key, second key, position."""
+    chosen = np.zeros_like(eligible)
+    for row in range(len(eligible)):
+        order = sorted(
+            np.flatnonzero(eligible[row]), key=lambda p: (keys[row, p], second[row, p], p)
+        )
+        chosen[row, order[len(order) - num[row]:]] = True
+    return chosen
+
+
+def test_control_keeps_the_largest_keys_and_breaks_ties():
+    # Keys from six values, int32's extremes among them, so that most rows are tied
+    # at their num-th largest key, and second keys from three, so that many stay
+    # tied (random 32-bit keys almost never are): the bit by bit searches over
+    # signed keys, then second keys, then positions must give exactly the `num`
+    # largest by (key, second key, position), `num = 0` and all-eligible rows too.
+    rng = np.random.default_rng(5)
+    values = np.array([-(2**31), -7, -1, 0, 3, 2**31 - 1], np.int32)
+    keys = rng.choice(values, size=(60, 13)).astype(np.int32)
+    second = rng.choice(values[[0, 2, 5]], size=(60, 13)).astype(np.int32)
+    eligible = rng.random((60, 13)) < 0.8
+    eligible[0] = True
+    num = rng.integers(0, eligible.sum(-1) + 1).astype(np.int32)
+    num[:2] = (13, 0)  # row 0 is all eligible
+    chosen = control._choose_uniformly(eligible, num[:, None], keys, lambda: second)
+    expected = _largest_by_keys_then_position(eligible, num, keys, second)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(chosen), expected)
+    # Distinct keys: the first key decides.
+    keys = rng.permutation(60 * 13).reshape(60, 13).astype(np.int32) - 400
+    chosen = control._choose_uniformly(eligible, num[:, None], keys, lambda: second)
+    expected = _largest_by_keys_then_position(eligible, num, keys, keys)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(chosen), expected)
 
 
 def test_jax_half(request):

@@ -582,6 +582,29 @@ class TestMatchedControl:
         )
         assert scipy_stats.chisquare(counts).pvalue > 1e-6
 
+    def test_feature_map_entries_are_chosen_uniformly(self):
+        # 600 feature maps of 12x12 whose magnitudes grow with the position, so
+        # `mean` keeps mostly late positions: the control must take each non-zero
+        # entry of a map with probability k / n (k kept of its n), wherever it
+        # lies. Per position, the chosen count against its expectation, squared
+        # over its variance, summed: about chi-square with 144 degrees of freedom.
+        scipy_stats = pytest.importorskip("scipy.stats")
+        upstream = sparse_gradient((200, 12, 12, 3), seed=47)
+        upstream *= np.linspace(0.5, 2.0, 144, dtype=np.float32).reshape(1, 12, 12, 1)
+        controlled, _ = mask_gradient(upstream, MaskConfig("mean", control=True, seed=13))
+        eligible = np.moveaxis(upstream != 0, 3, 1).reshape(600, 144)
+        chosen = np.moveaxis(controlled.numpy() != 0, 3, 1).reshape(600, 144)
+        share = chosen.sum(1, keepdims=True) / eligible.sum(1, keepdims=True)
+        assert 0.2 < share.mean() < 0.8
+        expected = (eligible * share).sum(0)
+        variance = (eligible * share * (1 - share)).sum(0)
+        statistic = (((chosen.sum(0) - expected) ** 2) / variance).sum()
+        assert scipy_stats.chi2.sf(statistic, 144) > 1e-6
+        # The rule's own choice fails the same test by far.
+        rule = np.moveaxis(mask_gradient(upstream, MaskConfig("mean"))[0].numpy() != 0, 3, 1)
+        statistic = (((rule.reshape(600, 144).sum(0) - expected) ** 2) / variance).sum()
+        assert scipy_stats.chi2.sf(statistic, 144) < 1e-12
+
     def test_draws_are_keyed_by_seed(self):
         upstream = sparse_gradient((4, 8, 8, 4), seed=43)
         config = MaskConfig("mean", control=True, seed=3)

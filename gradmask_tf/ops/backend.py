@@ -9,14 +9,19 @@ The rules are written once, in `keras.ops` (`rules.py`, `lateral.py`, `control.p
 - TensorFlow's fast paths: `fast_path` compiles a rule's small kernels with XLA
   (`tf.function(jit_compile=True)`; on JAX the whole step is compiled anyway), and
   the k-th largest entry comes from `NthElement` on the CPU outside XLA;
-- the random draws (`uniform`), stateless and keyed by a `[2]` integer seed:
-  TensorFlow's Philox, JAX's threefry. The two backends draw different masks for
-  the same seed and step; each is reproducible;
+- what keeps the matched control's memory to a sample's size: `map_samples`, a
+  loop over a batch's samples one at a time, `graph_path`, a plain TensorFlow
+  graph for it, and `after`, an order in a TensorFlow graph;
+- the random draws (`uniform`, and the control's `random_bits` from `seed_key` and
+  `fold_in`), stateless and keyed by a `[2]` integer seed: TensorFlow's Philox,
+  JAX's threefry. The two backends draw different masks for the same seed and
+  step; each is reproducible;
 - `add_n`, a sum of many tensors (TensorFlow's own op keeps its rounding).
 
 Only TensorFlow and JAX are written out; any other backend raises here, nowhere else.
 """
 
+import contextlib
 import functools
 
 import keras
@@ -48,6 +53,41 @@ def fast_path(function):
     if TENSORFLOW:
         return tf.function(jit_compile=True)(function)
     return function
+
+
+def graph_path(function):
+    """Traces `function` into a TensorFlow graph, without XLA; unchanged elsewhere.
+
+    For loops over a gradient's samples: the graph executor runs them without a
+    Python step per iteration, and nothing is compiled per shape (XLA on the CPU
+    also writes out the operand of every reduction, a gradient-sized copy).
+    """
+    if TENSORFLOW:
+        return tf.function(function)
+    return function
+
+
+def map_samples(function, tensors, dtypes):
+    """`function` of each sample of `tensors` (a tuple), one after another, stacked.
+
+    `dtypes`: those of its results (a dtype or a tuple). One sample at a time, so
+    only one sample's temporaries exist at once. On TensorFlow a loop that slices
+    each sample out (`map_fn` would first copy every input whole, outside XLA, and
+    run up to 10 samples at once in a graph); on JAX `lax.map`.
+    """
+    if not TENSORFLOW:
+        return jax.lax.map(function, tensors)
+    count = tf.shape(tensors[0])[0]
+    arrays = [tf.TensorArray(dtype, size=count) for dtype in tf.nest.flatten(dtypes)]
+
+    def step(index, arrays):
+        results = tf.nest.flatten(function(tuple(tensor[index] for tensor in tensors)))
+        return index + 1, [array.write(index, result) for array, result in zip(arrays, results)]
+
+    _, arrays = tf.while_loop(
+        lambda index, _: index < count, step, (0, arrays), parallel_iterations=1
+    )
+    return tf.nest.pack_sequence_as(dtypes, [array.stack() for array in arrays])
 
 
 def static_shape(tensor):
@@ -125,6 +165,58 @@ def uniform(like, dtype, seed):
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
     return jax.random.uniform(_jax_key(seed), like.shape, dtype=dtype)
+
+
+def seed_key(seed):
+    """`seed` as the key `random_bits` takes: a `[2]` integer tensor, a Python int or None.
+
+    On TensorFlow a `[2]` int64 tensor (None: drawn now from the global generator,
+    so a fresh draw on each call), a tensor input whatever the seed's value, so a
+    compiled function is traced once; on JAX a threefry key (None: drawn when the op
+    is traced, as in `uniform`).
+    """
+    if TENSORFLOW:
+        if seed is None:
+            return tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
+        if isinstance(seed, int):
+            return tf.constant([seed, 0], tf.int64)
+        return tf.cast(seed, tf.int64)
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> np.uint64(1))
+    return _jax_key(seed)
+
+
+def random_bits(like, key):
+    """Uniform 32-bit integers of `like`'s shape, as int32 (every value equally likely).
+
+    Stateless, keyed by `seed_key`'s key: TensorFlow's Philox, JAX's threefry.
+    """
+    if TENSORFLOW:
+        return tf.random.stateless_uniform(
+            tf.shape(like), seed=key, dtype=tf.int32, minval=None, maxval=None, alg="philox"
+        )
+    bits = jax.random.bits(key, like.shape, "uint32")
+    return jax.lax.bitcast_convert_type(bits, "int32")
+
+
+def after(tensors):
+    """A context whose ops run only once `tensors` are computed.
+
+    In a TensorFlow graph the executor runs an op as soon as its inputs are ready,
+    so work that could wait (a large temporary) may otherwise be held alongside
+    what it follows. Eagerly, and on JAX (XLA schedules the whole step), ops run in
+    the order written: nothing to do.
+    """
+    if TENSORFLOW and not tf.executing_eagerly():
+        return tf.control_dependencies(tensors)
+    return contextlib.nullcontext()
+
+
+def fold_in(key, data):
+    """A new key from `key` (of `seed_key`) and an int32 scalar `data`."""
+    if TENSORFLOW:
+        return tf.random.experimental.stateless_fold_in(key, data)
+    return jax.random.fold_in(key, data)
 
 
 def generator_seed(seed):

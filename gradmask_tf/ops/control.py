@@ -3,6 +3,26 @@
 The control keeps, in each neighbourhood, as many finite non-zero entries (or
 positions) as the rule kept, chosen uniformly at random, scaled to the L1 mass of the
 rule's output. Draws are stateless where a seed is given, so a run is reproducible.
+
+How it chooses: every unit (entry, or position) draws a uniform 32-bit key, and each
+neighbourhood keeps its `k` eligible units with the largest keys, so every k-subset
+is equally likely. Where the k-th largest key is tied (about once in 2^32 / n
+neighbourhoods of n units), a second 32-bit key, drawn then, breaks the tie, and
+where that ties too (once in 2^64 / n) the largest positions do: 64 random bits.
+The k-th largest key is found in place, one bit at a time from the top: a bit is
+set while at least `k` keys still reach the threshold, one counting pass over the
+keys each, stopping once every neighbourhood has exactly `k` keys at or above its
+threshold; nothing is sorted, padded or widened.
+
+Memory: the control needs of the rule only its L1 mass per neighbourhood
+(`rule_mass`) and its count (from its keep indicator, in `matched_control`), so the
+rule's output and keep indicator are freed before the control's output is made;
+and it works one sample at a time (a sequential loop), so its keys and temporaries
+are one sample's size. On TensorFlow the loops that read the rule's tensors are
+compiled with XLA (`backend.fast_path`; in a plain graph a loop's inputs are held
+to the end of the step), the choice runs in a plain graph (`backend.graph_path`;
+under XLA its search would hold 15-25 MB of compiled code per gradient shape), and
+the scaled output is one fused XLA pass.
 """
 
 import keras
@@ -12,12 +32,15 @@ from gradmask_tf.mask_params import POSITION_RULES
 from gradmask_tf.ops import backend
 from gradmask_tf.ops.neighbourhoods import (
     FLOAT32_TINY,
+    finite_magnitude,
     from_spatial_rows,
     inverse_size,
-    kth_largest_per_row,
     neighbourhood_axes,
     spatial_rows,
 )
+
+# Bit b of a 32-bit integer, as int32 (bit 31 is the sign bit).
+_BITS = np.array([1 << bit for bit in range(32)], np.uint32).view(np.int32)
 
 
 def draw_uniform(like, dtype, config, seed):
@@ -30,117 +53,211 @@ def draw_uniform(like, dtype, config, seed):
     return backend.uniform(like, dtype, seed)
 
 
-def _selection_keys(eligible, uniform):
-    """Distinct random keys per row of `eligible` (`-1` where not eligible).
+def _count(selected, axis):
+    return keras.ops.sum(keras.ops.cast(selected, "int32"), axis=axis, keepdims=True)
 
-    A random integer of `bits - log2(S)` bits, ties broken by the index, so exactly
-    k keys reach the k-th largest: exact in float64 (52 bits), or, where the backend
-    computes float64 as float32 (JAX without x64), in int32 (at most 24 random bits).
+
+def _threshold(values, eligible, num, num_bits, offset):
+    """Per row, the largest threshold that `num` eligible values reach.
+
+    Built from the top bit down: a bit is set while at least `num` eligible values
+    still reach the threshold. Stops once every row with `num > 0` has exactly
+    `num` values at or above its threshold.
+
+    Args:
+      values: int32 `[..., S]`; `values ^ offset`, read as unsigned, has `num_bits`
+        bits (`offset` is the sign bit for any int32, 0 for values in
+        [0, 2^num_bits)).
+      eligible: Which values take part, bool like `values`.
+      num: int32 `[..., 1]`, at most each row's number of eligible values.
+
+    Returns:
+      `(threshold, reached)`, `[..., 1]`: the threshold and how many eligible values
+      reach it: `num`, or more where the num-th largest value is tied (the threshold
+      is then that value). Rows with `num = 0` get an arbitrary threshold.
     """
-    size = eligible.shape[-1]
-    index_bits = (size - 1).bit_length()
-    if backend.HAS_FLOAT64:
-        bits = 52 - index_bits
-        keys = keras.ops.floor(uniform(eligible, "float64") * 2.0**bits) * size
-        keys = keys + keras.ops.arange(size, dtype="float64")
-        return keras.ops.where(eligible, keys, -1.0)
-    bits = min(24, 31 - index_bits)
-    keys = keras.ops.cast(keras.ops.floor(uniform(eligible, "float32") * 2.0**bits), "int32")
-    keys = keys * size + keras.ops.arange(size, dtype="int32")
-    return keras.ops.where(eligible, keys, keras.ops.convert_to_tensor(-1, "int32"))
+    bits = keras.ops.convert_to_tensor(_BITS)
+    offset = keras.ops.convert_to_tensor(np.int32(offset))
+    active = num > 0
+
+    def unsettled(bit, high, reached):
+        return keras.ops.logical_and(
+            bit >= 0, keras.ops.any(keras.ops.logical_and(active, reached != num))
+        )
+
+    def step(bit, high, reached):
+        candidate = keras.ops.bitwise_or(high, keras.ops.take(bits, bit))
+        threshold = keras.ops.bitwise_xor(candidate, offset)
+        count = _count(keras.ops.logical_and(eligible, values >= threshold), -1)
+        accept = count >= num
+        return (
+            bit - 1,
+            keras.ops.where(accept, candidate, high),
+            keras.ops.where(accept, count, reached),
+        )
+
+    start = (
+        keras.ops.convert_to_tensor(num_bits - 1, "int32"),
+        keras.ops.zeros_like(num),
+        _count(eligible, -1),
+    )
+    _, high, reached = keras.ops.while_loop(unsettled, step, start)
+    return keras.ops.bitwise_xor(high, offset), reached
 
 
-def _choose_uniformly(eligible, num_chosen, uniform):
-    """`num_chosen[...]` of the `eligible` entries of each row, uniformly at random.
+def _choose_uniformly(eligible, num_chosen, keys, tie_keys):
+    """The `num_chosen` eligible entries of each row with the largest keys.
 
     Args:
       eligible: A bool tensor `[..., S]` with a static S.
-      num_chosen: An int32 tensor `[...]`, at most each row's number of eligible
+      num_chosen: An int32 tensor `[..., 1]`, at most each row's number of eligible
         entries.
-      uniform: A function of (a tensor, a dtype) that returns draws in [0, 1) of the
-        tensor's shape.
+      keys: Uniform int32 keys like `eligible` (every value equally likely).
+      tie_keys: A function that returns a second such key, called only where a row
+        is tied at its num-th largest key.
 
     Returns:
-      A bool tensor like `eligible` with exactly `num_chosen` true entries per row.
+      A bool tensor like `eligible` with exactly `num_chosen` true entries per row:
+      the largest by key, then by the second key, then by position.
     """
-    size = eligible.shape[-1]
-    keys = _selection_keys(eligible, uniform)
-    threshold = kth_largest_per_row(keys, keras.ops.maximum(num_chosen, 1), size)
-    chosen = keras.ops.logical_and(eligible, keys >= keras.ops.expand_dims(threshold, -1))
-    return keras.ops.logical_and(chosen, keras.ops.expand_dims(num_chosen > 0, -1))
+    threshold, reached = _threshold(keys, eligible, num_chosen, 32, _BITS[31])
+    tied = keras.ops.logical_and(eligible, keys == threshold)
+    # Of the tied entries, as many as `num_chosen` still lacks: all of them (one)
+    # where nothing is tied.
+    num_tied = num_chosen - reached + _count(tied, -1)
+    chosen = keras.ops.logical_or(
+        keras.ops.logical_and(eligible, keys > threshold),
+        _break_ties(tied, num_tied, tie_keys),
+    )
+    return keras.ops.logical_and(chosen, num_chosen > 0)
 
 
-def _count(kept):
-    return keras.ops.sum(keras.ops.cast(kept, "int32"), axis=-1)
+def _break_ties(tied, num, tie_keys):
+    """`num` of the `tied` entries of each row: by a second key, then by position."""
+    is_tied = keras.ops.logical_and(num > 0, _count(tied, -1) > num)
 
-
-def _control_units(eligible, kept, rule, scope, rank):
-    """The units chosen among (entries, or positions) and the neighbourhood's axes."""
-    if rule in POSITION_RULES:
-        # A position is a unit: eligible where any channel is finite and non-zero.
-        eligible_units = keras.ops.any(eligible, axis=3, keepdims=True)
-        kept_units = keras.ops.any(kept, axis=3, keepdims=True)
-        return eligible_units, kept_units, (1, 2, 3)
-    local = rank == 4 and rule == "local"
-    return eligible, kept, (1, 2) if local else neighbourhood_axes(rank, scope)
-
-
-def _choose(g, eligible_units, kept_units, axes, uniform):
-    """The control's choice of units, as many per neighbourhood as the rule kept."""
-    rank = len(g.shape)
-    by_map = rank == 4 and axes != (3,)
-    if None in (g.shape[1:3] if by_map else g.shape[-1:]):
-        raise ValueError(
-            "The matched control (`control=True`) needs static neighbourhood sizes. "
-            f"Received a gradient of shape {g.shape}."
+    def by_second_key():
+        second = tie_keys()
+        threshold, reached = _threshold(second, tied, num, 32, _BITS[31])
+        still_tied = keras.ops.logical_and(tied, second == threshold)
+        position = keras.ops.arange(tied.shape[-1], dtype="int32")
+        last, _ = _threshold(
+            position, still_tied, num - reached + _count(still_tied, -1),
+            (tied.shape[-1] - 1).bit_length(), 0,
         )
-    if not by_map:
-        return _choose_uniformly(eligible_units, _count(kept_units), uniform)
-    height, width = g.shape[1], g.shape[2]
-    chosen = _choose_uniformly(
-        spatial_rows(eligible_units), _count(spatial_rows(kept_units)), uniform
-    )
-    return from_spatial_rows(chosen, height, width)
+        return keras.ops.logical_and(tied, keras.ops.logical_or(
+            second > threshold, keras.ops.logical_and(still_tied, position >= last)
+        ))
+
+    return keras.ops.cond(keras.ops.any(is_tied), by_second_key, lambda: tied)
 
 
-def matched_control(g, g32, masked, keep, *, rule, scope, uniform):
-    """The rule's count and L1 mass per neighbourhood, at uniformly random places.
+def _eligible(g32):
+    """The finite non-zero entries: the ones the control counts and chooses among.
 
-    Args:
-      g: The gradient; `g32` the same in float32.
-      masked: The rule's final output (after `rescale`).
-      keep: The rule's float32 keep indicator, per entry or (`lateral`, `log`) per
-        position `[N, H, W, 1]`.
-      rule: The rule applied (`mean` for `local`, `lateral`, `log` on rank 2).
-      scope: The configured scope.
-      uniform: As in `_choose_uniformly`.
-
-    Returns:
-      `(controlled, chosen)`: the control's output, with the dtype of `g`, and its
-      float32 keep indicator per entry.
+    Denormals count as zero, flushed to zero by the hardware or not.
     """
-    finite = keras.ops.isfinite(g32)
-    # Non-finite entries are passed on and are not part of the count or the mass;
-    # denormals count as zero, flushed or not.
-    eligible = keras.ops.logical_and(finite, keras.ops.abs(g32) >= FLOAT32_TINY)
-    kept = keras.ops.logical_and(eligible, keep > 0)
-    eligible_units, kept_units, axes = _control_units(
-        eligible, kept, rule, scope, len(g.shape)
+    return keras.ops.logical_and(
+        keras.ops.isfinite(g32), keras.ops.abs(g32) >= FLOAT32_TINY
     )
-    chosen = _choose(g, eligible_units, kept_units, axes, uniform)
-    chosen = keras.ops.logical_and(chosen, eligible)  # positions: over their channels
-    masked32 = keras.ops.cast(masked, "float32")
-    unit = inverse_size(g32, axes)  # masses of |g| / n: their float32 sums cannot overflow
-    target = keras.ops.sum(
-        keras.ops.where(keras.ops.isfinite(masked32), keras.ops.abs(masked32) * unit, 0.0),
-        axis=axes,
-        keepdims=True,
+
+
+def _units(entries, by_position):
+    """Per entry, or per position `[N, H, W, 1]` (true where any channel is)."""
+    return keras.ops.any(entries, axis=3, keepdims=True) if by_position else entries
+
+
+def _mass(tensor, axes):
+    """The L1 mass of the finite entries over their number, in float32, per neighbourhood.
+
+    Each magnitude is divided by the neighbourhood's size before the sum, so it
+    cannot overflow; the control uses only the ratio of two such masses.
+    """
+    magnitude = keras.ops.abs(keras.ops.cast(tensor, "float32"))
+    unit = inverse_size(magnitude, axes)
+    return keras.ops.sum(finite_magnitude(magnitude) * unit, axis=axes, keepdims=True)
+
+
+def _per_sample(function, tensors, dtypes, mapper=keras.ops.map):
+    """`function` of each sample (a batch of one) of `tensors`, results stacked.
+
+    One sample after another, so temporaries are one sample's size; `dtypes` are
+    those of the results. `mapper` is `keras.ops.map` (under XLA on TensorFlow, whose
+    loop slices each sample in place) or `backend.map_samples` (in a plain graph).
+    """
+
+    def one(sample):
+        results = function(*(keras.ops.expand_dims(tensor, 0) for tensor in sample))
+        return keras.tree.map_structure(lambda tensor: tensor[0], results)
+
+    if mapper is keras.ops.map:
+        return keras.ops.map(one, tuple(tensors))
+    return mapper(one, tuple(tensors), dtypes)
+
+
+# Compiled with XLA on TensorFlow: in a plain graph a loop's inputs are held to the
+# end of the step, and these are the last uses of the rule's output and keep
+# indicator (`mean`'s is made for the control alone).
+@backend.fast_path
+def _mass_of(masked, *, axes):
+    return _per_sample(lambda masked: _mass(masked, axes), (masked,), "float32")
+
+
+@backend.fast_path
+def _count_kept(g32, keep, *, axes, by_position):
+    def count_kept(g32, keep):
+        kept = _units(keras.ops.logical_and(_eligible(g32), keep > 0), by_position)
+        return keras.ops.sum(keras.ops.cast(kept, "int32"), axis=axes, keepdims=True)
+
+    return _per_sample(count_kept, (g32, keep), "int32")
+
+
+def _sample_choice(units, num_chosen, key, axes):
+    """A sample's choice of units, `num_chosen` per neighbourhood."""
+    by_map = len(units.shape) == 4 and axes != (3,)
+    # As rows, one per neighbourhood (a feature map's positions in a row).
+    rows = spatial_rows(units) if by_map else keras.ops.reshape(
+        units, [1, -1, units.shape[-1]]
     )
-    selected = keras.ops.sum(
-        keras.ops.where(chosen, keras.ops.abs(g32) * unit, 0.0), axis=axes, keepdims=True
+    chosen = _choose_uniformly(
+        rows,
+        keras.ops.reshape(num_chosen, [1, -1, 1]),
+        backend.random_bits(rows, key),
+        lambda: backend.random_bits(rows, backend.fold_in(key, 1)),
     )
+    if by_map:
+        return from_spatial_rows(chosen, units.shape[1], units.shape[2])
+    return keras.ops.reshape(chosen, backend.dynamic_shape(units))
+
+
+@backend.graph_path
+def _choice(g32, num_chosen, key, *, axes, by_position):
+    """The control's choice per entry (bool) and the L1 mass it selects, per sample."""
+
+    def choose(g32, num_chosen, index):
+        eligible = _eligible(g32)
+        units = _units(eligible, by_position)
+        sample_key = backend.fold_in(key, index[0])
+        chosen = _sample_choice(units, num_chosen, sample_key, axes)
+        chosen = keras.ops.logical_and(chosen, eligible)  # positions: over their channels
+        unit = inverse_size(g32, axes)  # as `_mass`: the sum cannot overflow
+        selected = keras.ops.sum(
+            keras.ops.where(chosen, keras.ops.abs(g32) * unit, 0.0), axis=axes, keepdims=True
+        )
+        return chosen, selected
+
+    index = keras.ops.arange(backend.dynamic_shape(g32)[0], dtype="int32")
+    return _per_sample(
+        choose, (g32, num_chosen, index), ("bool", "float32"), backend.map_samples
+    )
+
+
+# Compiled with XLA on TensorFlow: one fused pass writes the output, no temporaries.
+@backend.fast_path
+def _scaled(g, chosen, mass, selected):
+    """`g` where chosen, zero elsewhere, scaled from `selected` to `mass`; non-finite kept."""
     scale = keras.ops.where(
-        selected > 0, target / keras.ops.where(selected > 0, selected, 1.0), 0.0
+        selected > 0, mass / keras.ops.where(selected > 0, selected, 1.0), 0.0
     )
     scale = keras.ops.where(scale < np.inf, scale, 1.0)  # beyond float32: unscaled
     factor = keras.ops.where(chosen, scale, 0.0)
@@ -151,4 +268,64 @@ def matched_control(g, g32, masked, keep, *, rule, scope, uniform):
     controlled = keras.ops.cast(
         keras.ops.cast(g, wide) * keras.ops.cast(factor, wide), dtype
     )
-    return keras.ops.where(finite, controlled, g), keras.ops.cast(chosen, "float32")
+    return keras.ops.where(keras.ops.isfinite(keras.ops.cast(g, "float32")), controlled, g)
+
+
+def _control_axes(g, rule, scope):
+    """The neighbourhood's axes and whether its units are positions."""
+    rank = len(g.shape)
+    if rule in POSITION_RULES:
+        axes, by_position = (1, 2, 3), True
+    else:
+        local = rank == 4 and rule == "local"
+        axes, by_position = (1, 2) if local else neighbourhood_axes(rank, scope), False
+    if None in [g.shape[axis] for axis in axes if not (by_position and axis == 3)]:
+        raise ValueError(
+            "The matched control (`control=True`) needs static neighbourhood sizes. "
+            f"Received a gradient of shape {g.shape}."
+        )
+    return tuple(axes), by_position
+
+
+def rule_mass(masked, *, rule, scope):
+    """The L1 mass of the rule's output per neighbourhood of the control.
+
+    Args:
+      masked: The rule's final output (after `rescale`).
+      rule: The rule applied (`mean` for `local`, `lateral`, `log` on rank 2).
+      scope: The configured scope.
+
+    Returns:
+      float32, per neighbourhood (its axes kept as size 1), over the finite entries.
+    """
+    axes, _ = _control_axes(masked, rule, scope)
+    return _mass_of(masked, axes=axes)
+
+
+def matched_control(g, g32, keep_of, mass, *, rule, scope, seed):
+    """The rule's count and L1 mass per neighbourhood, at uniformly random places.
+
+    Args:
+      g: The gradient; `g32` the same in float32.
+      keep_of: A function that returns the rule's float32 keep indicator, per entry
+        or (`lateral`, `log`) per position `[N, H, W, 1]`; called once, and what it
+        computes is freed once counted.
+      mass: The L1 mass of the rule's output, from `rule_mass`.
+      rule: The rule applied (`mean` for `local`, `lateral`, `log` on rank 2).
+      scope: The configured scope.
+      seed: A `[2]` integer tensor, a Python int, or None for a fresh draw.
+
+    Returns:
+      `(controlled, chosen)`: the control's output, with the dtype of `g`, and its
+      choice per entry (bool). Non-finite entries of `g` are passed on and are not
+      part of the count or the mass.
+    """
+    axes, by_position = _control_axes(g, rule, scope)
+    # Counted after the mass is taken, so the rule's output and its keep indicator
+    # are not held at once.
+    with backend.after([mass]):
+        num_kept = _count_kept(g32, keep_of(), axes=axes, by_position=by_position)
+    chosen, selected = _choice(
+        g32, num_kept, backend.seed_key(seed), axes=axes, by_position=by_position
+    )
+    return _scaled(g, chosen, mass, selected), chosen

@@ -11,7 +11,7 @@ import keras
 from gradmask_tf.mask_params import DEFAULTS, POSITION_RULES
 from gradmask_tf.ops import backend
 from gradmask_tf.ops.config import MaskConfig
-from gradmask_tf.ops.control import draw_uniform, matched_control
+from gradmask_tf.ops.control import matched_control, rule_mass
 from gradmask_tf.ops.rules import apply_rule, restore_l1_norm
 from gradmask_tf.ops.statistics import kept_statistics
 
@@ -73,16 +73,21 @@ def mask_gradient(g, config, seed=None, measure=True):
     if config.rescale:
         masked = restore_l1_norm(g, masked, axes)
     if config.control:
+        # The control matches the rule's count and L1 mass per neighbourhood: the
+        # rule's output is freed once measured, before the control's is made.
+        mass = rule_mass(masked, rule=rule, scope=config.scope)
+        del masked
         masked, chosen = matched_control(
             g,
             g32,
-            masked,
-            keep_of(),
+            keep_of,
+            mass,
             rule=rule,
             scope=config.scope,
-            uniform=lambda like, dtype: draw_uniform(like, dtype, config, seed),
+            seed=config.seed if seed is None else seed,
         )
-        keep_of = lambda: chosen  # noqa: E731  (the control's own selection)
+        # The control's own selection.
+        keep_of = lambda: keras.ops.cast(chosen, "float32")  # noqa: E731
     if isinstance(measure, bool):
         return masked, kept_statistics(g32, keep_of()) if measure else _no_statistics()
     return masked, keras.ops.cond(

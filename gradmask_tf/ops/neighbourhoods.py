@@ -1,9 +1,10 @@
 """Neighbourhoods: their axes and sizes, their entries as rows, the k-th largest entry.
 
-The selections behind `topk` and the matched control, in `keras.ops`; the k-th
-largest itself comes from `backend.kth_largest` (`NthElement` on TensorFlow's CPU).
-Also the two helpers every rule shares to keep non-finite entries out of its sums
-(`finite_magnitude`) and its float32 sums from overflowing (`inverse_size`).
+In `keras.ops`: the rows behind `topk` and the matched control, and `topk`'s
+selection, whose k-th largest comes from `backend.kth_largest` (`NthElement` on
+TensorFlow's CPU). Also the two helpers every rule shares to keep non-finite entries
+out of its sums (`finite_magnitude`) and its float32 sums from overflowing
+(`inverse_size`).
 """
 
 import math
