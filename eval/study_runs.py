@@ -86,7 +86,8 @@ def _kill_with_parent():
 
     A trial whose process dies (a Ray worker killed, a node lost) takes its train.py with
     it, so its retry never finds an orphan still writing the run directory. The `prctl`
-    function is looked up here, in the parent, so the child only calls it.
+    function is looked up here, in the parent, so the child only calls it; a parent
+    gone before the child's `prctl` (the race it leaves open) is caught by its pid.
     """
     if not sys.platform.startswith("linux"):
         return None
@@ -96,7 +97,16 @@ def _kill_with_parent():
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (AttributeError, OSError):
         return None
-    return lambda: prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    parent = os.getpid()
+
+    def die_with_parent():
+        prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        # A parent that died between the fork and the prctl sent no signal: the child
+        # now belongs to another process, so it ends itself.
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return die_with_parent
 
 
 def execute(command, log_path, env=None):
