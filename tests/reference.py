@@ -10,6 +10,7 @@ gives the mask metrics. The matched control draws at random, so its tests check 
 defining properties against the rule's reference output instead (tests/test_ops.py).
 """
 
+import itertools
 import math
 
 import numpy as np
@@ -303,3 +304,19 @@ def reference_statistics(g, keep):
         return 1.0, 1.0
     g64 = np.abs(np.asarray(g).astype(np.float64))
     return passed.sum() / counted.sum(), g64[passed].sum() / g64[counted].sum()
+
+
+# Every rule, scope and option on both ranks ("soft" is not defined for lateral,
+# log; "channel" scope only for mean and topk): the cases both backends' op tests run.
+GRID = [
+    (rule, scope, soft, rescale, rank)
+    for rule, scope, soft, rescale, rank in itertools.product(
+        ("none", "mean", "local", "topk", "lateral", "log"),
+        ("spatial", "channel"),
+        (False, True),
+        (False, True),
+        (2, 4),
+    )
+    if not (soft and rule in ("lateral", "log"))
+    and not (scope == "channel" and rule in ("none", "local", "lateral", "log"))
+]

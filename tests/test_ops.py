@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from gradmask_tf import MaskConfig, gradient_mask, mask_gradient
 from gradmask_tf import ops
-from tests.reference import reference_keep, reference_mask, reference_statistics
+from tests.reference import GRID, reference_keep, reference_mask, reference_statistics
 
 SHAPES = {2: (3, 9), 4: (2, 6, 5, 3)}
 MODES = ("eager", "function", "xla")
@@ -42,21 +42,6 @@ def assert_matches_reference(actual, expected, borderline, atol=1e-6, rtol=1e-5)
         rtol=rtol,
         atol=atol,
     )
-
-
-# Every rule, scope and option on both ranks ("soft" is not defined for lateral, log).
-GRID = [
-    (rule, scope, soft, rescale, rank)
-    for rule, scope, soft, rescale, rank in itertools.product(
-        ("none", "mean", "local", "topk", "lateral", "log"),
-        ("spatial", "channel"),
-        (False, True),
-        (False, True),
-        (2, 4),
-    )
-    if not (soft and rule in ("lateral", "log"))
-    and not (scope == "channel" and rule in ("none", "local", "lateral", "log"))
-]
 
 
 @pytest.mark.parametrize("rule,scope,soft,rescale,rank", GRID)
