@@ -1,25 +1,25 @@
 """Measures the matched control's extra memory: the op's backward alone, peak RSS.
 
 Run: `python -m eval.control_memory [--shape=32,112,112,64] [--rules=mean,topk,...]
-[--modes=eager,function]`.
+[--modes=eager,function,xla] [--allocator=malloc]`.
 
-Each measurement runs in a fresh interpreter (TensorFlow backend, CPU only): it makes
-a float32 input `x` and an upstream gradient of `--shape` (standard normal), runs the
-backward once to warm it up (compiling what it compiles, as a first training step
-does), then measures a second run, as a training step runs it: `tf.GradientTape` over `gradient_mask(x, rule, control=...)` with the upstream
-gradient as `output_gradients`, eagerly (`eager`), in a `tf.function` (`function`) or
-one compiled with XLA (`xla`). Memory is the process's peak resident set (VmHWM),
-reset just before the backward where the kernel allows (`/proc/self/clear_refs`),
-else over the whole process.
+Each measurement runs in a fresh interpreter (TensorFlow backend, CPU only). It makes
+a float32 input `x` and an upstream gradient of `--shape` (standard normal) and runs
+the backward as a training step does: `tf.GradientTape` over `gradient_mask(x, rule,
+control=...)` with the upstream gradient as `output_gradients`, eagerly (`eager`), in
+a `tf.function` (`function`) or in one compiled with XLA (`xla`). A first run warms it
+up (compiling what it compiles per shape, as a training run's first step does); the
+second is measured. Memory is the process's peak resident set (VmHWM), reset just
+before that run where the kernel allows it (`/proc/self/clear_refs`; the
+`peak_was_reset` of the JSON line), else the whole process's.
 
-Columns: `peak_mb`, the peak during the backward; `over_before_mb`, that peak less
-the resident set just before it (inputs and runtime already there; TensorFlow's CPU
-allocator keeps freed blocks, so this can undercount a first allocation); `extra_mb`,
-the control's own cost: its peak less the peak of the same rule without control,
-measured the same way in its own process; `extra_per_gradient`, `extra_mb` over the
-gradient's bytes; `extra_over_before_mb`, the difference of the two `over_before_mb`
-(the same cost without what the two processes hold before the backward, such as
-the control's kernels loaded by the warm-up). MB are 10^6 bytes.
+Columns: `peak_mb`, the peak during the measured backward; `over_before_mb`, that
+peak less the resident set just before it (the inputs, the runtime, and what the
+warm-up left: compiled code, memory malloc keeps for reuse); `extra_mb`, the
+control's cost: its peak less the peak of the same rule without control, measured
+the same way in its own process; `extra_per_gradient`, `extra_mb` over the gradient's
+bytes; `extra_over_before_mb`, the difference of the two `over_before_mb`, the same
+cost without what the processes already held before the backward. MB are 10^6 bytes.
 """
 
 import argparse

@@ -178,29 +178,31 @@ def _mass(tensor, axes):
     return keras.ops.sum(finite_magnitude(magnitude) * unit, axis=axes, keepdims=True)
 
 
-def _per_sample(function, tensors, dtypes, mapper=keras.ops.map):
-    """`function` of each sample (a batch of one) of `tensors`, results stacked.
-
-    One sample after another, so temporaries are one sample's size; `dtypes` are
-    those of the results. `mapper` is `keras.ops.map` (under XLA on TensorFlow, whose
-    loop slices each sample in place) or `backend.map_samples` (in a plain graph).
-    """
+def _on_one_sample(function):
+    """`function` of tensors with a batch axis, applied to one sample's slices."""
 
     def one(sample):
         results = function(*(keras.ops.expand_dims(tensor, 0) for tensor in sample))
         return keras.tree.map_structure(lambda tensor: tensor[0], results)
 
-    if mapper is keras.ops.map:
-        return keras.ops.map(one, tuple(tensors))
-    return mapper(one, tuple(tensors), dtypes)
+    return one
 
 
-# Compiled with XLA on TensorFlow: in a plain graph a loop's inputs are held to the
-# end of the step, and these are the last uses of the rule's output and keep
-# indicator (`mean`'s is made for the control alone).
+def _per_sample(function, tensors):
+    """`function` of each sample (a batch of one) of `tensors`, results stacked.
+
+    One sample after another, so temporaries are one sample's size: `keras.ops.map`,
+    whose loop slices each sample in place under XLA (and `jax.lax.map`).
+    """
+    return keras.ops.map(_on_one_sample(function), tuple(tensors))
+
+
+# Compiled with XLA on TensorFlow: these are the last uses of the rule's output and
+# keep indicator (`mean`'s is made for the control alone), and a loop in a plain
+# graph held them to the end of the step (as measured).
 @backend.fast_path
 def _mass_of(masked, *, axes):
-    return _per_sample(lambda masked: _mass(masked, axes), (masked,), "float32")
+    return _per_sample(lambda masked: _mass(masked, axes), (masked,))
 
 
 @backend.fast_path
@@ -209,7 +211,7 @@ def _count_kept(g32, keep, *, axes, by_position):
         kept = _units(keras.ops.logical_and(_eligible(g32), keep > 0), by_position)
         return keras.ops.sum(keras.ops.cast(kept, "int32"), axis=axes, keepdims=True)
 
-    return _per_sample(count_kept, (g32, keep), "int32")
+    return _per_sample(count_kept, (g32, keep))
 
 
 def _sample_choice(units, num_chosen, key, axes):
@@ -247,8 +249,9 @@ def _choice(g32, num_chosen, key, *, axes, by_position):
         return chosen, selected
 
     index = keras.ops.arange(backend.dynamic_shape(g32)[0], dtype="int32")
-    return _per_sample(
-        choose, (g32, num_chosen, index), ("bool", "float32"), backend.map_samples
+    # In a plain graph: `backend.map_samples`, one sample at a time.
+    return backend.map_samples(
+        _on_one_sample(choose), (g32, num_chosen, index), ("bool", "float32")
     )
 
 
