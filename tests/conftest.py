@@ -1,13 +1,24 @@
-"""Shared test setup: quiet TensorFlow and two logical CPU devices.
+"""Shared test setup: quiet TensorFlow, XLA compiling fast, two logical CPU devices.
 
 The logical devices must exist before TensorFlow initializes its runtime, so they
 are configured when pytest imports this file, before any test runs.
+
+XLA's CPU backend compiles without LLVM's optimizations here
+(`--xla_backend_optimization_level=0`, in this process and in every process a test
+starts, which inherit the environment): the tests compile hundreds of small
+functions, each once, with XLA (the op's compiled parts, `jit_compile=True`, the
+JAX halves' `jax.jit`), and LLVM's passes were about a quarter of that time
+(the JAX half of tests/test_backend_ops.py: 54 s, 39 s without them). The level
+is how hard LLVM optimizes the machine code; the tests check values, never speed,
+and pass at either level (`XLA_FLAGS= python -m pytest` runs them at XLA's
+default). A caller's own XLA_FLAGS are kept.
 """
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -24,55 +24,27 @@ def _study(args):
     )
 
 
-def test_quick_study_resumes_after_an_interruption(tmp_path, idx_dir):
-    directory = tmp_path / "study"
-    # The fewest arms of a verdict: none, mean and mean's matched control, one seed (the
-    # verdicts themselves are tested on stored results in test_compare.py); one epoch of
-    # two steps, the GSNR logged once, no evaluation (the plan test below runs one).
-    args = [
-        "--quick", "--smoke", f"--output_dir={directory}", f"--data_dir={idx_dir}",
-        "--rules=mean", "--seeds=1", "--evals=", "--epochs=1",
-        "--max_train_examples=32", "--max_test_examples=16", "--eval_examples=16",
-        "--gsnr_every=2", "--train_flags=--batch_size=16",
-    ]
-    process = _study(args)
-    first = directory / "runs" / "none-seed0" / "metrics.json"
-    deadline = time.time() + 300
-    while not first.exists():
-        assert process.poll() is None, process.communicate()[1][-2000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.communicate()
-    assert not (directory / "report.md").exists()
-    finished_at = first.stat().st_mtime_ns
+def test_a_study_made_from_flags_is_a_plan_of_one_regime(tmp_path):
+    """A study without --plan runs as a plan of one unnamed regime: its runs straight
+    under the study directory, with the controls and the declared primary."""
+    from eval import study
 
-    process = _study(args)
-    stdout, stderr = process.communicate(timeout=900)
-    assert process.returncode == 0, stderr[-3000:]
-    assert first.stat().st_mtime_ns == finished_at, "a finished run is not trained again"
-    assert "[1/4] train none, seed 0" in stdout and "min so far" in stdout
-    assert "train mean control, seed 0" in stdout and "evaluate" not in stdout
-    for name in ("none", "mean", "mean-control"):
-        for seed in (0,):
-            run = directory / "runs" / f"{name}-seed{seed}"
-            flags = json.loads((run / "config.json").read_text())["flags"]
-            assert flags["mask_control"] == (name == "mean-control") and flags["seed"] == seed
-            assert not list(run.glob("eval/*.json"))
-    report = (directory / "report.md").read_text()
-    assert "| metric | none | mean | mean control |" in report
-    assert "| metric | mean − none | mean − control |" in report
-    verdict = next(line for line in report.splitlines()
-                   if line.startswith("| `mean:test_accuracy:higher` |"))
-    # One seed pairs nothing: the declared primary is reported, as not measured.
-    assert "not measured: 1 seed(s)" in verdict
-    assert "## Mask metrics" in report and "`kept_l1/" in report
-    assert not (directory / "forest.png").exists()  # nothing paired, nothing to draw
-    record = json.loads((directory / "study.json").read_text())
-    # The flags made a plan of one regime, recorded with its declared primary.
-    (regime,) = record["settings"]["plan"]["regimes"]
-    assert regime["primary"] == ["mean:test_accuracy:higher"]
-    assert record["wall_seconds_total"] >= record["wall_seconds_this_invocation"] > 0
+    options = study.settings(study.parse([
+        "study", "--quick", "--smoke", f"--output_dir={tmp_path}", "--rules=mean",
+        "--seeds=1", "--evals=", "--epochs=1", "--train_flags=--batch_size=16"]))
+    options["results_dir"] = None
+    (regime,) = study.regimes_of(options)
+    assert regime["name"] is None and regime["directory"] == tmp_path
+    assert [run.name for run in regime["runs"]] == ["none-seed0", "mean-seed0",
+                                                    "mean-control-seed0"]
+    assert [run.run_dir for run in regime["runs"]] == [
+        tmp_path / "runs" / run.name for run in regime["runs"]]
+    assert [run.what for run in regime["runs"]] == [
+        "none, seed 0", "mean, seed 0", "mean control, seed 0"]
+    command = list(regime["runs"][2].train_command)
+    assert "--mask_control" in command and "--epochs=1" in command
+    assert "--batch_size=16" in command and regime["evals"] == []
+    assert [str(p) for p in regime["primary"]] == ["mean:test_accuracy:higher"]
 
 
 @pytest.mark.parametrize(
@@ -145,22 +117,47 @@ def _tiny_plan():
     }
 
 
-def test_a_plan_runs_every_regime_and_rebuilds_from_its_results(tmp_path, idx_dir):
-    plan = tmp_path / "tiny.json"
-    plan.write_text(json.dumps(_tiny_plan()))
+def test_a_plan_resumes_after_an_interruption_and_rebuilds_from_its_results(tmp_path, idx_dir):
+    """End to end, the fewest arms of a verdict (`none`, `mean`, its control; one seed,
+    the verdicts themselves are tested on stored results in test_compare.py), an
+    evaluation, a second regime with its own flags and arms; killed after its first run,
+    resumed, then rebuilt on "another machine" from `--results_dir` alone."""
+    plan = _tiny_plan()
+    plan["controls"] = True
+    plan["regimes"][0]["primary"] = ["mean:test_accuracy:higher"]
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(plan))
     directory, results = tmp_path / "study", tmp_path / "results"
     args = [
-        f"--plan={plan}", "--quick", "--smoke", f"--output_dir={directory}",
+        f"--plan={path}", "--quick", "--smoke", f"--output_dir={directory}",
         f"--results_dir={results}", f"--data_dir={idx_dir}", "--epochs=1",
         "--max_train_examples=32", "--max_test_examples=16", "--eval_examples=16",
         "--gsnr_every=2", "--train_flags=--batch_size=16",
     ]
-    stdout, stderr = _study(args).communicate(timeout=900)
-    assert "[1/" in stdout, stderr[-3000:]
-    for regime, arms in (("clean", ("none", "mean")), ("fast", ("none",))):
+    process = _study(args)
+    first = directory / "clean" / "runs" / "none-seed0" / "metrics.json"
+    deadline = time.time() + 300
+    while not first.exists():
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+    assert not (directory / "report.md").exists()
+    finished_at = first.stat().st_mtime_ns
+
+    process = _study(args)
+    stdout, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0, stderr[-3000:]
+    assert first.stat().st_mtime_ns == finished_at, "a finished run is not trained again"
+    assert "[1/" in stdout and "train clean: mean-control, seed 0" in stdout
+    assert "min so far" in stdout and "evaluate clean: mean" in stdout
+    for regime, arms in (("clean", ("none", "mean", "mean-control")), ("fast", ("none",))):
         for arm in arms:
             run = directory / regime / "runs" / f"{arm}-seed0"
             assert (run / "metrics.json").is_file(), stderr[-3000:]
+            flags = json.loads((run / "config.json").read_text())["flags"]
+            assert flags["mask_control"] == (arm == "mean-control") and flags["seed"] == 0
             stored = results / regime / f"{arm}-seed0"
             assert sorted(p.name for p in stored.iterdir() if p.is_file()) == [
                 "config.json", "history.csv", "metrics.json"]
@@ -177,6 +174,17 @@ def test_a_plan_runs_every_regime_and_rebuilds_from_its_results(tmp_path, idx_di
     assert not (directory / "fast" / "runs" / "mean-seed0").exists()
     index = (directory / "report.md").read_text()
     assert "[clean/report.md](clean/report.md)" in index and "test plan" in index
+    report = (directory / "clean" / "report.md").read_text()
+    assert "| metric | none | mean | mean control |" in report
+    assert "| metric | mean − none | mean − control |" in report
+    verdict = next(line for line in report.splitlines()
+                   if line.startswith("| `mean:test_accuracy:higher` |"))
+    # One seed pairs nothing: the declared primary is reported, as not measured.
+    assert "not measured: 1 seed(s)" in verdict
+    assert "## Mask metrics" in report and "`kept_l1/" in report
+    assert not (directory / "clean" / "forest.png").exists()  # nothing paired to draw
+    record = json.loads((directory / "study.json").read_text())
+    assert record["wall_seconds_total"] >= record["wall_seconds_this_invocation"] > 0
 
     # Another machine: the study directory is gone, the results are kept.
     import shutil
@@ -188,7 +196,7 @@ def test_a_plan_runs_every_regime_and_rebuilds_from_its_results(tmp_path, idx_di
     assert not (directory / "clean" / "runs").exists(), "nothing is trained again"
     assert json.loads((directory / "study.json").read_text())["runs_trained_this_invocation"] == 0
     report = (directory / "clean" / "report.md").read_text()
-    assert "| metric | none | mean |" in report and "GSNR" in report
+    assert "| metric | none | mean | mean control |" in report and "GSNR" in report
     assert (directory / "fast" / "report.md").is_file() and (directory / "report.md").is_file()
 
 
