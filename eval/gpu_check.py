@@ -32,30 +32,25 @@ import sys
 
 import numpy as np
 
-RULES = ("none", "mean", "local", "topk", "lateral", "log")
 SHAPES = {2: (32, 64), 4: (16, 14, 14, 32)}
 
 
-def _cases():
-    for rule, scope, soft, rescale, rank in itertools.product(
-        RULES, ("spatial", "channel"), (False, True), (False, True), (2, 4)
-    ):
-        if soft and rule in ("lateral", "log"):
-            continue
-        if scope == "channel" and rule in ("none", "local", "lateral", "log"):
-            continue
-        yield dict(rule=rule, scope=scope, soft=soft, rescale=rescale), rank
+def check_against_reference(rules=None):
+    """Every rule's compiled backward on the default device against the reference.
 
-
-def check_against_reference():
-    """Every rule's compiled backward on the default device against the reference."""
+    `rules`: the rules to check (default: all of `tests/reference.py`'s GRID, every
+    rule, scope and option on both ranks).
+    """
     import jax
 
     from gradmask_tf import gradient_mask
-    from tests.reference import reference_mask
+    from tests.reference import GRID, reference_mask
 
     failures, count = [], 0
-    for options, rank in _cases():
+    for rule, scope, soft, rescale, rank in GRID:
+        if rules is not None and rule not in rules:
+            continue
+        options = dict(rule=rule, scope=scope, soft=soft, rescale=rescale)
         # A gradient with no entry within rounding of its threshold, which float32
         # may decide either way (and `rescale` then scales its whole neighbourhood).
         for seed in itertools.count():
@@ -82,6 +77,8 @@ def _arguments(argv):
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--block", type=int, default=10, help="steps per timed repeat")
     parser.add_argument("--out", default=None, help="also write the JSON result here")
+    parser.add_argument("--reference_rules", default=None,
+                        help="comma-separated rules to check against the reference (default: all)")
     return parser.parse_args(argv)
 
 
@@ -91,7 +88,8 @@ def main(argv=None):
     args = _arguments(argv)
     result = {"environment": jax_steps.environment()}
     print(json.dumps(result["environment"]), flush=True)
-    result["reference"] = check_against_reference()
+    rules = args.reference_rules.split(",") if args.reference_rules else None
+    result["reference"] = check_against_reference(rules)
     print(f"reference: {result['reference']['cases']} cases, "
           f"{len(result['reference']['failures'])} failures", flush=True)
     result["steps"] = []

@@ -49,3 +49,22 @@ def idx_dir(tmp_path_factory):
             image[2 * label : 2 * label + 8, 4:12] = 250  # learnable signal
         write_idx(directory, images, labels, split)
     return directory
+
+
+# The test files that take longest (`--durations=0`, 2026-12-06), longest first. The
+# two workers take whole files in collection order (`--dist loadfile
+# --no-loadscope-reorder`), so these go first and the many short files fill in
+# around them: a long file taken last would leave one worker idle at the end. The
+# order changes only how long the suite takes; a file missing here runs after them.
+LONGEST_FIRST = (
+    "test_train.py", "test_ray_engine.py", "test_study.py", "test_backend_ops.py",
+    "test_eval_cli.py", "test_op_properties.py", "test_train_regime.py",
+    "test_backend_layers.py", "test_pruning.py", "test_insert.py", "test_ops.py",
+    "test_models.py", "test_layers.py", "test_gpu_check.py", "test_tfds_download.py",
+    "test_trainer.py", "test_control_memory.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable

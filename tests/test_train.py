@@ -179,7 +179,9 @@ def test_resume_refuses_other_settings(resumed_run):
 def test_resumes_after_sigkill_without_repeating_an_epoch(resumed_run):
     assert not resumed_run["killed_metrics"]
     finished = resumed_run["killed_epochs"]
-    assert len(finished) >= 3 and finished == list(range(1, len(finished) + 1))
+    # Killed once its third checkpoint was written: history.csv has its row of epoch 3
+    # if the kill came after it was appended (the checkpoint holds the history too).
+    assert len(finished) >= 2 and finished == list(range(1, len(finished) + 1))
     result, run_dir = resumed_run["resumed"], resumed_run["run_dir"]
     assert_ok(result)
     assert_complete_run(run_dir, epochs=4)  # each epoch once in history.csv
@@ -222,7 +224,7 @@ def test_resumed_run_ends_bit_for_bit_as_the_uninterrupted_one(resumed_run):
     run_dir, reference = resumed_run["run_dir"], resumed_run["uninterrupted_dir"]
     assert_ok(resumed_run["resumed"])
     assert_ok(resumed_run["uninterrupted"])
-    assert resumed_run["killed_epochs"][:3] == [1, 2, 3], "killed after its third epoch"
+    assert resumed_run["killed_epochs"][:2] == [1, 2], "killed after its third checkpoint"
     import keras
 
     weights = keras.models.load_model(run_dir / "model.keras").get_weights()

@@ -3,47 +3,60 @@ small data, killed and resumed, and one short run on the real Fashion-MNIST."""
 
 import json
 import pathlib
+import threading
 
 import numpy as np
 import pytest
 
 from gradmask_tf import data
-from tests.helpers import (
-    assert_complete_run,
-    assert_ok,
-    finish,
-    kill_when,
-    run,
-    start,
-)
+from tests.helpers import assert_complete_run, assert_ok, kill_when, run, start
 
 
 # A label-noise run on small data (METHOD.md section 6): the idx_dir fixture's rarest
 # class has 4 examples. Killed after its first epoch and resumed, beside the same run
 # uninterrupted: the best-validation state survives the kill.
-REGIME_FLAGS = [
-    "--label_noise=0.4", "--examples_per_class=4", "--epochs=3", "--batch_size=8",
-    "--max_test_examples=32", "--lr_schedule=cosine", "--optimizer=sgd", "--momentum=0.5",
-    "--learning_rate=0.05", "--deterministic",
-]
+REGIME = dict(
+    label_noise=0.4, examples_per_class=4, epochs=3, batch_size=8, max_test_examples=32,
+    lr_schedule="cosine", optimizer="sgd", momentum=0.5, learning_rate=0.05,
+    deterministic=True,
+)
 
 
 @pytest.fixture(scope="module")
 def regime_runs(idx_dir, tmp_path_factory):
+    """train.py killed after its first epoch, then resumed; meanwhile, in this process,
+    the same run uninterrupted (a run is a Python call: one process fewer)."""
+    from gradmask_tf.config import RunConfig
+    from gradmask_tf.trainer import run as run_in_process
+
     root = tmp_path_factory.mktemp("regime")
     runs = {name: root / name for name in ("uninterrupted", "resumed")}
-    args = {name: [*REGIME_FLAGS, f"--data_dir={idx_dir}", f"--output_dir={path}"]
-            for name, path in runs.items()}
-    uninterrupted = start(args["uninterrupted"])
-    kill_when(start(args["resumed"]), runs["resumed"] / "checkpoints" / "epoch-0001")
-    resumed = run(args["resumed"])
-    return runs, {"uninterrupted": finish(uninterrupted), "resumed": resumed}
+    args = [*(f"--{k}" if v is True else f"--{k}={v}" for k, v in REGIME.items()),
+            f"--data_dir={idx_dir}", f"--output_dir={runs['resumed']}"]
+    process, failures = start(args), []
+
+    def kill():
+        try:
+            kill_when(process, runs["resumed"] / "checkpoints" / "epoch-0001")
+        except BaseException as error:  # noqa: BLE001  (raised below, in the test)
+            failures.append(error)
+            process.kill()
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    try:
+        run_in_process(RunConfig(**REGIME, data_dir=str(idx_dir),
+                                 output_dir=str(runs["uninterrupted"])))
+    finally:
+        killer.join()
+    if failures:
+        raise failures[0]
+    return runs, {"resumed": run(args)}
 
 
 def test_label_noise_run_writes_its_regime_and_metrics(regime_runs, idx_dir):
-    runs, results = regime_runs
+    runs, _ = regime_runs
     run_dir = runs["uninterrupted"]
-    assert_ok(results["uninterrupted"])
     history, metrics = assert_complete_run(run_dir, epochs=3)
     flags = json.loads((run_dir / "config.json").read_text())["flags"]
     # The validation share defaults to 0.1 under label noise, recorded as such.
