@@ -31,8 +31,8 @@ import numpy as np
 from gradmask_tf.mask_params import POSITION_RULES
 from gradmask_tf.ops import backend
 from gradmask_tf.ops.neighbourhoods import (
-    FLOAT32_TINY,
     finite_magnitude,
+    finite_nonzero,
     from_spatial_rows,
     inverse_size,
     neighbourhood_axes,
@@ -153,13 +153,8 @@ def _break_ties(tied, num, tie_keys):
 
 
 def _eligible(g32):
-    """The finite non-zero entries: the ones the control counts and chooses among.
-
-    Denormals count as zero, flushed to zero by the hardware or not.
-    """
-    return keras.ops.logical_and(
-        keras.ops.isfinite(g32), keras.ops.abs(g32) >= FLOAT32_TINY
-    )
+    """The finite non-zero entries: the ones the control counts and chooses among."""
+    return finite_nonzero(keras.ops.abs(g32))
 
 
 def _units(entries, by_position):
@@ -208,8 +203,7 @@ def _mass_of(masked, *, axes):
 @backend.fast_path
 def _count_kept(g32, keep, *, axes, by_position):
     def count_kept(g32, keep):
-        kept = _units(keras.ops.logical_and(_eligible(g32), keep > 0), by_position)
-        return keras.ops.sum(keras.ops.cast(kept, "int32"), axis=axes, keepdims=True)
+        return _count(_units(keras.ops.logical_and(_eligible(g32), keep > 0), by_position), axes)
 
     return _per_sample(count_kept, (g32, keep))
 

@@ -24,6 +24,14 @@ def finite_magnitude(magnitude):
     return keras.ops.where(magnitude < np.inf, magnitude, 0.0)
 
 
+def finite_nonzero(magnitude):
+    """Where `magnitude` (float32) is finite and non-zero: the entries that count.
+
+    Denormals count as zero, flushed by the hardware or not; NaN fails both tests.
+    """
+    return keras.ops.logical_and(magnitude >= FLOAT32_TINY, magnitude < np.inf)
+
+
 def inverse_size(tensor, axes):
     """1 / the number of entries over `axes`: a float, or a float32 scalar if dynamic.
 

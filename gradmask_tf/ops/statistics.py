@@ -1,10 +1,9 @@
 """The mask statistics `kept_fraction` and `kept_l1`, over the finite non-zero entries."""
 
 import keras
-import numpy as np
 
 from gradmask_tf.ops import backend
-from gradmask_tf.ops.neighbourhoods import FLOAT32_TINY, inverse_size
+from gradmask_tf.ops.neighbourhoods import finite_nonzero, inverse_size
 
 
 # Compiled with XLA on TensorFlow: four reductions over the gradient fuse into one pass.
@@ -17,8 +16,7 @@ def kept_statistics(g32, keep):
     Non-zero means non-zero in float32: denormals count as zero, flushed or not.
     """
     magnitude = keras.ops.abs(g32)
-    # Finite and non-zero (NaN fails both comparisons).
-    counted = keras.ops.logical_and(magnitude >= FLOAT32_TINY, magnitude < np.inf)
+    counted = finite_nonzero(magnitude)
     passed = keras.ops.logical_and(counted, keep > 0)
     # Counts in float64 where the backend has it (exact), else float32 (exact to 2^24).
     wide = "float64" if backend.HAS_FLOAT64 else "float32"
