@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 
+from eval.plans import flag_arguments
 from gradmask_tf import data
 from tests.helpers import assert_complete_run, assert_ok, kill_when, run, start
 
@@ -31,8 +32,8 @@ def regime_runs(idx_dir, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("regime")
     runs = {name: root / name for name in ("uninterrupted", "resumed")}
-    args = [*(f"--{k}" if v is True else f"--{k}={v}" for k, v in REGIME.items()),
-            f"--data_dir={idx_dir}", f"--output_dir={runs['resumed']}"]
+    args = [*flag_arguments(REGIME), f"--data_dir={idx_dir}",
+            f"--output_dir={runs['resumed']}"]
     process, failures = start(args), []
 
     def kill():

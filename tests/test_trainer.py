@@ -5,7 +5,6 @@ Started from Python in a subprocess and killed after its first epoch, then resum
 ends: the same config.json, history.csv and weights (`deterministic` on the CPU).
 """
 
-import csv
 import json
 import signal
 import subprocess
@@ -16,20 +15,15 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, environment, finish, start
+from eval.plans import flag_arguments
+from tests.helpers import ROOT, environment, finish, read_history, start
 
 SETTINGS = dict(mask_rule="mean", epochs=2, batch_size=16, max_train_examples=64,
                 max_test_examples=16, deterministic=True, seed=3)
 
 
-def _flags(settings):
-    return [f"--{name}" if value is True else f"--{name}={value}"
-            for name, value in settings.items()]
-
-
 def _history(run_dir):
-    with open(run_dir / "history.csv") as file:
-        rows = list(csv.DictReader(file))
+    rows = read_history(run_dir)
     for row in rows:
         row.pop("epoch_seconds")
     return rows
@@ -39,7 +33,7 @@ def _history(run_dir):
 def runs(idx_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("trainer")
     settings = dict(SETTINGS, data_dir=str(idx_dir))
-    by_train_py = start([*_flags(settings), f"--output_dir={root / 'train_py'}"])
+    by_train_py = start([*flag_arguments(settings), f"--output_dir={root / 'train_py'}"])
     code = textwrap.dedent(f"""
         from gradmask_tf.config import RunConfig
         from gradmask_tf.trainer import run
