@@ -21,6 +21,7 @@ import numpy as np
 
 from eval import arms as study_arms
 from eval import stats
+from gradmask_tf import files
 
 PROGRAM = "python -m eval.compare"
 CONTROL_LIMIT = (
@@ -67,7 +68,6 @@ def load_run(path):
         and why: `eval.result_files`).
     """
     from eval import result_files
-    from gradmask_tf import files
 
     path = pathlib.Path(path)
     if not (path / files.CONFIG).is_file():
@@ -92,12 +92,10 @@ def load_run(path):
 
 def metric_rows(run):
     """Every figure of one run, by claim: {claim: {metric: value}}."""
-    from gradmask_tf.training import MASK_METRIC_PREFIXES  # TensorFlow: loaded late
-
     rows = {claim: {} for claim in CLAIMS}
     for name, value in run.metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if name.startswith(MASK_METRIC_PREFIXES):
+            if name.startswith(files.MASK_METRIC_PREFIXES):
                 rows["mask"][name] = value
             elif name not in _BOOKKEEPING:
                 rows["accuracy"][name] = value
@@ -317,8 +315,6 @@ def report(runs, output_dir, primaries=()):
     Raises:
       ValueError: If a primary is malformed or two runs share configuration and seed.
     """
-    from gradmask_tf import runs as run_files
-
     output_dir = pathlib.Path(output_dir)
     primaries = study_arms.parse_primaries(primaries)
     arms = study_arms.group_runs(runs, lambda run: run.measures)
@@ -335,7 +331,7 @@ def report(runs, output_dir, primaries=()):
         for name, caption in figures_written:
             lines += [f"![{caption}]({name})", "", f"*{caption}*", ""]
     text = "\n".join(lines).rstrip() + "\n"
-    run_files.atomic_write_text(output_dir / "report.md", text)
+    files.atomic_write_text(output_dir / "report.md", text)
     return text
 
 

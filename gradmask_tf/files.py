@@ -32,6 +32,13 @@ SAVED_MODEL = "saved_model"
 LOGS = "logs"
 MANIFEST = "manifest.json"
 
+# history.csv's columns of what the masks did, one of each per mask layer (`kept_l1/`
+# followed by the layer's name), and of the gradient's norm.
+KEPT_FRACTION_PREFIX = "kept_fraction/"
+KEPT_L1_PREFIX = "kept_l1/"
+MASK_METRIC_PREFIXES = (KEPT_FRACTION_PREFIX, KEPT_L1_PREFIX)
+GRADIENT_NORM = "gradient_norm"
+
 
 def atomic_write(path, write, *, binary=False):
     """Calls `write(file)` on a temporary file, then renames it to `path`.

@@ -10,12 +10,13 @@ import importlib
 import keras
 
 from gradmask_tf.errors import invalid
+from gradmask_tf.files import (  # noqa: F401 (history.csv's names, also for callers)
+    GRADIENT_NORM,
+    KEPT_FRACTION_PREFIX,
+    KEPT_L1_PREFIX,
+    MASK_METRIC_PREFIXES,
+)
 from gradmask_tf.layers import GradientMask
-
-KEPT_FRACTION_PREFIX = "kept_fraction/"
-KEPT_L1_PREFIX = "kept_l1/"
-MASK_METRIC_PREFIXES = (KEPT_FRACTION_PREFIX, KEPT_L1_PREFIX)
-GRADIENT_NORM = "gradient_norm"
 DEFAULT_MASK_METRICS_EVERY = 10
 
 
