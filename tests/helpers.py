@@ -9,8 +9,9 @@ import pathlib
 import signal
 import subprocess
 import sys
-import tempfile
 import time
+
+from tests import warm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "train.py")
@@ -30,16 +31,27 @@ def environment(**extra):
     return env
 
 
-def start(args, script=TRAIN, **env):
-    """Starts `python script args` (`script=None`: `python args`, e.g. `-m eval`)."""
-    return subprocess.Popen(
-        [sys.executable, *([script] if script else []), *args],
-        cwd=ROOT,
-        env=environment(**env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def start(args, script=TRAIN, fresh=False, **env):
+    """Starts `python script args` (`script=None`: `python args`, e.g. `-m eval`;
+    `script="-m MODULE"`: `python -m MODULE args`).
+
+    The process is forked from this worker's warm interpreter (`tests/warm.py`: no
+    seconds spent importing TensorFlow) unless `fresh`, or `env` sets what that
+    interpreter's imports read (`KERAS_BACKEND`, `PYTHONPATH`).
+    """
+    argv, module = [*([script] if script else []), *args], False
+    if argv[0].startswith("-m"):
+        argv, module = [argv[0][3:] or argv[1], *argv[1 if argv[0][3:] else 2:]], True
+    if fresh or {"KERAS_BACKEND", "PYTHONPATH"} & set(env):
+        return subprocess.Popen(
+            [sys.executable, *(["-m"] if module else []), *argv],
+            cwd=ROOT,
+            env=environment(**env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    return warm.WarmProcess(argv, module, environment(**env), ROOT)
 
 
 def finish(process, timeout=600):
@@ -47,8 +59,8 @@ def finish(process, timeout=600):
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-def run(args, script=TRAIN, **env):
-    return finish(start(args, script, **env))
+def run(args, script=TRAIN, fresh=False, **env):
+    return finish(start(args, script, fresh, **env))
 
 
 def run_all(commands, parallel=2):
@@ -64,71 +76,12 @@ def run_all(commands, parallel=2):
     return results
 
 
-# Runs each command line of a script in a child forked from this one process, which
-# imported TensorFlow, the package and tensorflow-datasets once (each costs seconds).
-_FORKING_RUNNER = r"""
-import json, os, runpy, sys, traceback
-import gradmask_tf.trainer, tensorflow_datasets
-script, commands, output = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-codes = []
-for index, args in enumerate(commands):
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            for fd, stream in ((1, "stdout"), (2, "stderr")):
-                os.dup2(os.open(f"{output}/{index}.{stream}", os.O_WRONLY | os.O_CREAT, 0o644), fd)
-            if script.startswith("-m "):
-                sys.argv = [script[3:], *args]
-                runpy.run_module(script[3:], run_name="__main__", alter_sys=True)
-            else:
-                sys.argv = [script, *args]
-                runpy.run_path(script, run_name="__main__")
-            code = 0
-        except SystemExit as exit:
-            code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-print(json.dumps(codes))
-"""
-
-
-def run_forked(commands, script=TRAIN, timeout=600):
-    """Runs `python script args` for each `args` of `commands`; results in order.
-
-    `script` is a path, or `-m MODULE` for `python -m MODULE args`.
-
-    Each is its own process with its own exit status, stdout and stderr, forked from
-    one process that imported the heavy modules once: for command lines that fail
-    before any work (bad flags). What a fresh interpreter prints while importing
-    TensorFlow is not part of their stderr; `run` shows that.
-    """
-    with tempfile.TemporaryDirectory() as output:
-        runner = subprocess.run(
-            [sys.executable, "-c", _FORKING_RUNNER, script, json.dumps(commands), output],
-            cwd=ROOT,
-            env=environment(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        assert runner.returncode == 0, runner.stderr[-3000:]
-        codes = json.loads(runner.stdout.strip().splitlines()[-1])
-        return [
-            subprocess.CompletedProcess(
-                [script, *args],
-                code,
-                pathlib.Path(output, f"{index}.stdout").read_text(),
-                pathlib.Path(output, f"{index}.stderr").read_text(),
-            )
-            for index, (args, code) in enumerate(zip(commands, codes))
-        ]
-
+def run_forked(commands, script=TRAIN):
+    """Runs `python script args` for each `args` of `commands`, one after another, from
+    the warm interpreter; results in order. For command lines that fail before any
+    work (bad flags): what a fresh interpreter prints while importing TensorFlow is
+    not part of their stderr; `run(..., fresh=True)` shows that."""
+    return [run(args, script) for args in commands]
 
 
 # What a finished run directory holds (the end-to-end tests of train.py).

@@ -142,7 +142,7 @@ def resumed_run(main_run, tmp_path_factory):
     shutil.copytree(main_run[0], run_dir)
     args = [*OVERWRITE_FLAGS, f"--output_dir={run_dir}"]
     steps = {"finished_files": file_times(run_dir)}
-    steps["refused_finished"] = run(args)
+    steps["refused_finished"] = run(args, fresh=True)  # TensorFlow's start-up lines too
     steps["files_after_refusal"] = file_times(run_dir)
 
     checkpoints = run_dir / "checkpoints"

@@ -7,8 +7,6 @@ ends: the same config.json, history.csv and weights (`deterministic` on the CPU)
 
 import json
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -16,7 +14,7 @@ import numpy as np
 import pytest
 
 from eval.plans import flag_arguments
-from tests.helpers import ROOT, environment, finish, read_history, start
+from tests.helpers import finish, read_history, start
 
 SETTINGS = dict(mask_rule="mean", epochs=2, batch_size=16, max_train_examples=64,
                 max_test_examples=16, deterministic=True, seed=3)
@@ -34,13 +32,13 @@ def runs(idx_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("trainer")
     settings = dict(SETTINGS, data_dir=str(idx_dir))
     by_train_py = start([*flag_arguments(settings), f"--output_dir={root / 'train_py'}"])
-    code = textwrap.dedent(f"""
+    script = root / "run_from_python.py"
+    script.write_text(textwrap.dedent(f"""
         from gradmask_tf.config import RunConfig
         from gradmask_tf.trainer import run
         run(RunConfig(**{settings!r}, output_dir={str(root / 'python')!r}))
-    """)
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=environment(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """))
+    process = start([], str(script))
     deadline = time.time() + 300
     while not (root / "python" / "checkpoints" / "epoch-0001").exists():
         assert process.poll() is None, process.communicate()[1][-2000:]

@@ -1,0 +1,184 @@
+"""The tests' processes forked from a warm interpreter: one that imported TensorFlow.
+
+A fresh interpreter spends about 4.5 s of CPU importing TensorFlow, Keras, the package
+and tensorflow-datasets, most of a tiny run's time. Each pytest worker starts one
+server process that imports them once (and starts nothing: TensorFlow's runtime is
+made in each child, on its first op), then forks a child for each command it is sent.
+A child is a real process: its own pid, environment, working directory, exit status
+(a negative signal number if killed, as `subprocess` reports it), stdout and stderr;
+`send_signal` reaches it, and it runs `python script args` as `__main__`, as a fresh
+interpreter would. What differs: what the interpreter prints while importing (not in
+its stderr; `helpers.start(..., fresh=True)` shows that), and the environment the
+imports read, which is the server's (`helpers.environment()`): a command that needs
+another `KERAS_BACKEND` or `PYTHONPATH` gets a fresh interpreter.
+"""
+
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+PRELOAD = ("gradmask_tf.trainer", "tensorflow_datasets")
+
+# The server: reads a request (a JSON packet with the child's stdout and stderr as file
+# descriptors), forks, answers with the child's pid, and reports each exit status.
+_SERVER = r"""
+import atexit, importlib, json, os, runpy, select, socket, sys, traceback
+channel = socket.socket(fileno=int(sys.argv[1]))
+for module in sys.argv[2].split(","):
+    importlib.import_module(module)
+
+
+def child(request, stdout, stderr):
+    code = 1
+    try:
+        channel.close()
+        os.dup2(stdout, 1)
+        os.dup2(stderr, 2)
+        os.close(stdout)
+        os.close(stderr)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = list(request["argv"])
+        if request["module"]:
+            runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+        else:
+            sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
+            runpy.run_path(sys.argv[0], run_name="__main__")
+        code = 0
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+        if exit.code is not None and not isinstance(exit.code, int):
+            print(exit.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        atexit._run_exitfuncs()  # as an interpreter's exit would
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+children = set()
+while True:
+    ready = select.select([channel], [], [], 0.01)[0]
+    while children:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == 0:
+            break
+        children.discard(pid)
+        channel.send(json.dumps({"exited": pid, "code": os.waitstatus_to_exitcode(status)}).encode())
+    if not ready:
+        continue
+    message, fds, _, _ = socket.recv_fds(channel, 1 << 20, 2)
+    if not message:
+        break  # the pytest worker ended
+    pid = os.fork()
+    if pid == 0:
+        child(json.loads(message), *fds)
+    for fd in fds:
+        os.close(fd)
+    children.add(pid)
+    channel.send(json.dumps({"started": pid}).encode())
+"""
+
+
+class _Server:
+    """The warm interpreter of this pytest worker and what it has reported."""
+
+    def __init__(self, env, cwd):
+        self._channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._log = tempfile.TemporaryFile()
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _SERVER, str(theirs.fileno()), ",".join(PRELOAD)],
+            cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
+            pass_fds=[theirs.fileno()],
+        )
+        theirs.close()
+        self._lock = threading.Lock()
+        self.codes = {}
+
+    def _receive(self, timeout):
+        """Reads one report (None if none came within `timeout` s)."""
+        if not select.select([self._channel], [], [], timeout)[0]:
+            if self._process.poll() is not None:
+                self._log.seek(0)
+                raise RuntimeError(f"the warm server died: {self._log.read()[-3000:]!r}")
+            return None
+        message = json.loads(self._channel.recv(1 << 16))
+        if "exited" in message:
+            self.codes[message["exited"]] = message["code"]
+        return message
+
+    def fork(self, request, stdout, stderr):
+        with self._lock:
+            socket.send_fds(self._channel, [json.dumps(request).encode()],
+                            [stdout.fileno(), stderr.fileno()])
+            while True:
+                message = self._receive(60)
+                if message and "started" in message:
+                    return message["started"]
+
+    def wait(self, pid, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if pid in self.codes:
+                    return self.codes[pid]
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                self._receive(0.05 if timeout is None else min(0.05, max(0.0, deadline - time.monotonic())))
+
+
+_servers = {}
+
+
+def _server(env, cwd):
+    key = os.getpid()  # a forked pytest process would not share the channel
+    if key not in _servers:
+        _servers[key] = _Server(env, cwd)
+    return _servers[key]
+
+
+class WarmProcess:
+    """A `subprocess.Popen` look-alike (text mode, stdout and stderr captured) whose
+    process is forked from the warm interpreter."""
+
+    def __init__(self, argv, module, env, cwd):
+        self.args = [sys.executable, *(["-m"] if module else []), *argv]
+        self._outputs = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+        self._server = _server(env, cwd)
+        request = dict(argv=argv, module=module, env=env, cwd=str(cwd))
+        self.pid = self._server.fork(request, *self._outputs)
+        self.returncode = None
+
+    def poll(self):
+        return self.wait(timeout=0)
+
+    def wait(self, timeout=None):
+        if self.returncode is None:
+            self.returncode = self._server.wait(self.pid, timeout)
+            if self.returncode is None and timeout is not None and timeout > 0:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def communicate(self, timeout=None):
+        self.wait(timeout)
+        texts = []
+        for output in self._outputs:
+            output.seek(0)
+            texts.append(output.read().decode(errors="replace"))
+        return tuple(texts)
+
+    def send_signal(self, signal_number):
+        if self.returncode is None:
+            os.kill(self.pid, signal_number)
+
+    def kill(self):
+        self.send_signal(9)
