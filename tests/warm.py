@@ -126,14 +126,18 @@ class _Server:
                     return message["started"]
 
     def wait(self, pid, timeout):
+        """The exit status of `pid`, or None if it has not ended within `timeout` s."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
+                while self._receive(0) is not None:
+                    pass
                 if pid in self.codes:
                     return self.codes[pid]
-                if deadline is not None and time.monotonic() >= deadline:
+                left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+                if left <= 0:
                     return None
-                self._receive(0.05 if timeout is None else min(0.05, max(0.0, deadline - time.monotonic())))
+                self._receive(left)
 
 
 _servers = {}

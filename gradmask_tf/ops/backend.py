@@ -9,8 +9,8 @@ The rules are written once, in `keras.ops` (`rules.py`, `lateral.py`, `control.p
 - TensorFlow's fast paths: `fast_path` compiles a rule's small kernels with XLA
   (`tf.function(jit_compile=True)`; on JAX the whole step is compiled anyway), and
   the k-th largest entry comes from `NthElement` on the CPU outside XLA;
-- what keeps the matched control's memory to a sample's size: `map_samples`, a
-  loop over a batch's samples one at a time, `graph_path`, a plain TensorFlow
+- what keeps the matched control's memory to a few samples' size: `map_chunks`, a
+  loop over a batch a few samples at a time, `graph_path`, a plain TensorFlow
   graph for it, and `after`, an order in a TensorFlow graph;
 - the random draws (`uniform`, and the control's `random_bits` from `seed_key` and
   `fold_in`), stateless and keyed by a `[2]` integer seed: TensorFlow's Philox,
@@ -67,27 +67,45 @@ def graph_path(function):
     return function
 
 
-def map_samples(function, tensors, dtypes):
-    """`function` of each sample of `tensors` (a tuple), one after another, stacked.
+def map_chunks(function, tensors, size, dtypes):
+    """`function(chunk, first)` of the batch of `tensors` (a tuple), `size` samples at
+    a time, one chunk after another, results concatenated.
 
-    `dtypes`: those of its results (a dtype or a tuple). One sample at a time, so
-    only one sample's temporaries exist at once. On TensorFlow a loop that slices
-    each sample out (`map_fn` would first copy every input whole, outside XLA, and
-    run up to 10 samples at once in a graph); on JAX `lax.map`.
+    `chunk` is the tuple of the tensors' next `size` samples (fewer in the last
+    chunk), `first` the number of its first sample (an int32 scalar), `dtypes` those
+    of its results (a dtype or a tuple). Only one chunk's temporaries exist at once.
+    On TensorFlow a loop that slices each chunk out (`map_fn` would first copy every
+    input whole, outside XLA, and run up to 10 iterations at once in a graph); on JAX
+    `lax.map`, which vmaps `function` over `size` samples at a time (each its own
+    chunk of one).
     """
     if not TENSORFLOW:
-        return jax.lax.map(function, tensors)
+        numpy = jax.numpy
+
+        def one(sample):
+            results = function(tuple(tensor[None] for tensor in sample[:-1]), sample[-1])
+            return jax.tree_util.tree_map(lambda tensor: tensor[0], results)
+
+        count = tensors[0].shape[0]
+        index = numpy.arange(count, dtype="int32")
+        return jax.lax.map(one, (*tensors, index), batch_size=max(1, min(size, count)))
     count = tf.shape(tensors[0])[0]
-    arrays = [tf.TensorArray(dtype, size=count) for dtype in tf.nest.flatten(dtypes)]
+    num_chunks = (count + size - 1) // size
+    arrays = [tf.TensorArray(dtype, size=num_chunks, infer_shape=False)
+              for dtype in tf.nest.flatten(dtypes)]
 
     def step(index, arrays):
-        results = tf.nest.flatten(function(tuple(tensor[index] for tensor in tensors)))
+        if size == 1:  # a static size, as XLA needs
+            chunk = tuple(tensor[index][None] for tensor in tensors)
+        else:
+            chunk = tuple(tensor[index * size:(index + 1) * size] for tensor in tensors)
+        results = tf.nest.flatten(function(chunk, index * size))
         return index + 1, [array.write(index, result) for array, result in zip(arrays, results)]
 
     _, arrays = tf.while_loop(
-        lambda index, _: index < count, step, (0, arrays), parallel_iterations=1
+        lambda index, _: index < num_chunks, step, (0, arrays), parallel_iterations=1
     )
-    return tf.nest.pack_sequence_as(dtypes, [array.stack() for array in arrays])
+    return tf.nest.pack_sequence_as(dtypes, [array.concat() for array in arrays])
 
 
 def static_shape(tensor):
@@ -197,6 +215,32 @@ def random_bits(like, key):
         )
     bits = jax.random.bits(key, like.shape, "uint32")
     return jax.lax.bitcast_convert_type(bits, "int32")
+
+
+def sample_bits(like, key, first, salt=None):
+    """`random_bits` of `like`'s shape `[n, ...]`, sample `i`'s keyed by
+    `fold_in(key, first + i)` (then by `salt`, if given): a sample's draw is the same
+    whatever chunk of its batch it is drawn in, and with or without XLA."""
+
+    def sample_key(index):
+        key_of_sample = fold_in(key, first + index)
+        return key_of_sample if salt is None else fold_in(key_of_sample, salt)
+
+    if like.shape[0] == 1:
+        return random_bits(like, sample_key(0))
+    if TENSORFLOW:
+        shape = tf.shape(like)[1:]
+        return tf.map_fn(
+            lambda index: tf.random.stateless_uniform(
+                shape, seed=sample_key(index), dtype=tf.int32, minval=None, maxval=None,
+                alg="philox",
+            ),
+            tf.range(tf.shape(like)[0]),
+            fn_output_signature=tf.int32,
+        )
+    return jax.vmap(lambda index: random_bits(like[0], sample_key(index)))(
+        jax.numpy.arange(like.shape[0], dtype="int32")
+    )
 
 
 def after(tensors):

@@ -17,17 +17,22 @@ threshold; nothing is sorted, padded or widened.
 Memory: the control needs of the rule only its L1 mass per neighbourhood
 (`rule_mass`) and its count (from its keep indicator, in `matched_control`), so the
 rule's output and keep indicator are freed before the control's output is made;
-and it works one sample at a time (a sequential loop), so its keys and temporaries
-are one sample's size. On TensorFlow the loops that read the rule's tensors are
-compiled with XLA (`backend.fast_path`; in a plain graph a loop's inputs are held
+and it chooses for a few samples at a time (a sequential loop over chunks of about a
+million entries, `samples_per_chunk`), so its keys and temporaries are a chunk's
+size: one sample of a large gradient, a whole batch of a small one, whose passes
+would otherwise cost more in each op's fixed cost than in their work. On TensorFlow
+the loops that read the rule's tensors are compiled with XLA (`backend.fast_path`; in a plain graph a loop's inputs are held
 to the end of the step), the choice runs in a plain graph (`backend.graph_path`;
 under XLA its search would hold 15-25 MB of compiled code per gradient shape), and
 the scaled output is one fused XLA pass.
 """
 
+import math
+
 import keras
 import numpy as np
 
+from gradmask_tf import compat
 from gradmask_tf.mask_params import POSITION_RULES
 from gradmask_tf.ops import backend
 from gradmask_tf.ops.neighbourhoods import (
@@ -38,6 +43,10 @@ from gradmask_tf.ops.neighbourhoods import (
     neighbourhood_axes,
     spatial_rows,
 )
+
+# The entries the control chooses among at once (`samples_per_chunk`): about 4 MB of
+# int32 keys, a few samples of a large gradient, a whole small batch.
+CHUNK_ENTRIES = 1 << 20
 
 # Bit b of a 32-bit integer, as int32 (bit 31 is the sign bit).
 _BITS = np.array([1 << bit for bit in range(32)], np.uint32).view(np.int32)
@@ -208,33 +217,55 @@ def _count_kept(g32, keep, *, axes, by_position):
     return _per_sample(count_kept, (g32, keep))
 
 
-def _sample_choice(units, num_chosen, key, axes):
-    """A sample's choice of units, `num_chosen` per neighbourhood."""
+def _chunk_choice(units, num_chosen, key, first, axes):
+    """A chunk of samples' choice of units, `num_chosen` per neighbourhood; `first`
+    is the number of its first sample in the batch, whose keys it draws."""
     by_map = len(units.shape) == 4 and axes != (3,)
     # As rows, one per neighbourhood (a feature map's positions in a row).
-    rows = spatial_rows(units) if by_map else keras.ops.reshape(
-        units, [1, -1, units.shape[-1]]
-    )
+    if by_map:
+        rows = spatial_rows(units)
+    else:
+        num_rows = math.prod(units.shape[1:-1])  # static: rank 2, or static H and W
+        rows = keras.ops.reshape(units, [
+            *((-1, num_rows) if num_rows is not None and None not in units.shape[1:-1]
+              else (backend.dynamic_shape(units)[0], -1)),
+            units.shape[-1],
+        ])
     chosen = _choose_uniformly(
         rows,
-        keras.ops.reshape(num_chosen, [1, -1, 1]),
-        backend.random_bits(rows, key),
-        lambda: backend.random_bits(rows, backend.fold_in(key, 1)),
+        keras.ops.reshape(num_chosen, [
+            *((-1, rows.shape[1]) if rows.shape[1] is not None
+              else (backend.dynamic_shape(rows)[0], -1)), 1]),
+        backend.sample_bits(rows, key, first),
+        lambda: backend.sample_bits(rows, key, first, salt=1),
     )
     if by_map:
         return from_spatial_rows(chosen, units.shape[1], units.shape[2])
     return keras.ops.reshape(chosen, backend.dynamic_shape(units))
 
 
-@backend.graph_path
-def _choice(g32, num_chosen, key, *, axes, by_position):
-    """The control's choice per entry (bool) and the L1 mass it selects, per sample."""
+def samples_per_chunk(shape):
+    """How many samples of a gradient of `shape` the control chooses for at once.
 
-    def choose(g32, num_chosen, index):
+    Enough that a chunk holds about `CHUNK_ENTRIES` entries, so the search's many
+    small passes are not dominated by each op's fixed cost; at least one sample. One
+    under XLA, which slices only chunks of one static size.
+    """
+    if None in shape[1:] or (backend.TENSORFLOW and compat.in_xla_context()):
+        return 1
+    return max(1, CHUNK_ENTRIES // max(1, math.prod(shape[1:])))
+
+
+@backend.graph_path
+def _choice(g32, num_chosen, key, *, axes, by_position, size):
+    """The control's choice per entry (bool) and the L1 mass it selects, per sample,
+    `size` samples at a time."""
+
+    def choose(chunk, first):
+        g32, num_chosen = chunk
         eligible = _eligible(g32)
         units = _units(eligible, by_position)
-        sample_key = backend.fold_in(key, index[0])
-        chosen = _sample_choice(units, num_chosen, sample_key, axes)
+        chosen = _chunk_choice(units, num_chosen, key, first, axes)
         chosen = keras.ops.logical_and(chosen, eligible)  # positions: over their channels
         unit = inverse_size(g32, axes)  # as `_mass`: the sum cannot overflow
         selected = keras.ops.sum(
@@ -242,11 +273,8 @@ def _choice(g32, num_chosen, key, *, axes, by_position):
         )
         return chosen, selected
 
-    index = keras.ops.arange(backend.dynamic_shape(g32)[0], dtype="int32")
-    # In a plain graph: `backend.map_samples`, one sample at a time.
-    return backend.map_samples(
-        _on_one_sample(choose), (g32, num_chosen, index), ("bool", "float32")
-    )
+    # In a plain graph: `backend.map_chunks`, a few samples at a time.
+    return backend.map_chunks(choose, (g32, num_chosen), size, ("bool", "float32"))
 
 
 # Compiled with XLA on TensorFlow: one fused pass writes the output, no temporaries.
@@ -322,7 +350,10 @@ def matched_control(g, g32, keep_of, mass, *, rule, scope, seed):
     # are not held at once.
     with backend.after([mass]):
         num_kept = _count_kept(g32, keep_of(), axes=axes, by_position=by_position)
+    # The chunk's size is decided here: inside `_choice`'s own graph an enclosing
+    # XLA context is not seen.
     chosen, selected = _choice(
-        g32, num_kept, backend.seed_key(seed), axes=axes, by_position=by_position
+        g32, num_kept, backend.seed_key(seed), axes=axes, by_position=by_position,
+        size=samples_per_chunk(g32.shape),
     )
     return _scaled(g, chosen, mass, selected), chosen
