@@ -67,7 +67,7 @@ def child(request, stdout, stderr):
 
 children = set()
 while True:
-    ready = select.select([channel], [], [], 0.01)[0]
+    ready = select.select([channel], [], [], 0.01 if children else None)[0]
     while children:
         pid, status = os.waitpid(-1, os.WNOHANG)
         if pid == 0:
