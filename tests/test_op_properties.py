@@ -220,10 +220,9 @@ RULE_CONFIGS = [config for config in CONFIGS if not config[4]]
 CONTROL_CONFIGS = [config for config in CONFIGS if config[4]]
 
 
-# Drawn cases per test, sized to about a minute for the file on both backends (beside
-# the @examples):
-# each case compiles anew, and on JAX, where each eager op also compiles anew for each
-# shape, a case costs about three times as much, so it draws half as many.
+# Drawn cases per test, beside the @examples, sized to about a minute for the file on
+# both backends: each case compiles anew, and on JAX, where each eager op also compiles
+# anew for each shape, a case costs about three times as much, so it draws half as many.
 RULE_EXAMPLES = 12 if BACKEND == "tensorflow" else 6
 CONTROL_EXAMPLES = 4 if BACKEND == "tensorflow" else 2
 
