@@ -194,8 +194,8 @@ def test_matched_control_keeps_the_rules_count_and_mass(rule, scope, rank):
     upstream = random_gradient(rank, seed=13)
     options = dict(rule=rule, scope=scope, zone_size=3)
     rule_output, _ = reference_mask(upstream, **options)
+    # (Reproducible by its seed: test_backend_layers.py fits it twice on each backend.)
     controlled = backward(upstream, control=True, seed=3, **options)
-    np.testing.assert_array_equal(controlled, backward(upstream, control=True, seed=3, **options))
     effective = rule if rank == 4 else ("mean" if rule == "lateral" else rule)
     # The same number of entries (positions) and the same L1 mass per neighbourhood.
     count = lambda a: (_units(a, effective, scope) != 0).sum(-1)  # noqa: E731

@@ -11,7 +11,8 @@ from tests.helpers import run_all, run_forked
 @pytest.fixture(scope="module")
 def evaluated_runs(tmp_path_factory, idx_dir):
     """Two tiny runs (none and mean), trained here (a run is a Python call; train.py's
-    processes are tested in test_train*.py), each evaluated with `python -m eval --smoke`."""
+    processes are tested in test_train*.py), evaluated with `python -m eval --smoke`:
+    `mean` with every evaluation, `none` with `--evals=quality` alone."""
     from gradmask_tf.config import RunConfig
     from gradmask_tf.trainer import run
 
@@ -20,40 +21,45 @@ def evaluated_runs(tmp_path_factory, idx_dir):
     for rule, run_dir in runs.items():
         run(RunConfig(epochs=2, batch_size=16, max_test_examples=32, gsnr_every=6,
                       mask_rule=rule, data_dir=str(idx_dir), output_dir=str(run_dir)))
-    evaluated = run_all(
-        [(["-m", "eval", f"--run_dir={run_dir}", "--smoke"], None) for run_dir in runs.values()]
-    )
+    evaluated = run_all([
+        (["-m", "eval", f"--run_dir={runs['none']}", "--smoke", "--evals=quality"], None),
+        (["-m", "eval", f"--run_dir={runs['mean']}", "--smoke"], None),
+    ])
     return runs, evaluated
 
 
 def test_eval_writes_every_evaluation_with_its_settings(evaluated_runs):
-    runs, evaluated = evaluated_runs
-    for (rule, run_dir), result in zip(runs.items(), evaluated):
-        assert result.returncode == 0, result.stderr[-3000:]
-        for name in EVALUATIONS:
-            payload = json.loads((run_dir / "eval" / f"{name}.json").read_text())
-            assert (run_dir / "eval" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-            assert payload["run"]["mask_rule"] == rule
-            assert "settings" in payload and "library_versions" in payload["settings"]
-        adversarial = json.loads((run_dir / "eval" / "adversarial.json").read_text())
-        assert adversarial["num_examples"] == 48  # all 48 tiny test examples (smoke cap 64)
-        assert set(adversarial["attacks"]) == {"fgsm", "pgd"}
-        assert "exact" in json.dumps(adversarial["settings"])
-        pruning = json.loads((run_dir / "eval" / "pruning.json").read_text())
-        assert set(pruning["one_shot"]) == {"0.5", "0.9"} and pruning["fine_tuned"]
-        # The fine-tune as the run trained: config.json's flags translated.
-        flags = json.loads((run_dir / "config.json").read_text())["flags"]
-        settings = pruning["settings"]
-        assert settings["learning_rate"] == pytest.approx(flags["learning_rate"] / 10)
-        assert settings["fine_tune_batch_size"] == flags["batch_size"] == 16
-        assert settings["optimizer"] == flags["optimizer"]
-        assert settings["mask_rule"] == rule and settings["model"] == flags["model"]
-        saliency = json.loads((run_dir / "eval" / "saliency.json").read_text())
-        # Saliency ran after pruning in the same process (TF-MOT's import trap).
-        assert all(0 <= f <= 1 for f in saliency["foreground_focus"].values())
-        quality = json.loads((run_dir / "eval" / "quality.json").read_text())
-        assert quality["gsnr"] > 0 and quality["training_curve"]
-        assert (run_dir / "eval" / "saliency_maps.npz").is_file()
+    runs, (only_quality, every) = evaluated_runs
+    assert only_quality.returncode == 0, only_quality.stderr[-3000:]
+    assert sorted(p.name for p in (runs["none"] / "eval").iterdir()) == [
+        "quality.json", "quality.png"]
+    assert json.loads((runs["none"] / "eval" / "quality.json").read_text())["gsnr"] > 0
+    rule, run_dir, result = "mean", runs["mean"], every
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in EVALUATIONS:
+        payload = json.loads((run_dir / "eval" / f"{name}.json").read_text())
+        assert (run_dir / "eval" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert payload["run"]["mask_rule"] == rule
+        assert "settings" in payload and "library_versions" in payload["settings"]
+    adversarial = json.loads((run_dir / "eval" / "adversarial.json").read_text())
+    assert adversarial["num_examples"] == 48  # all 48 tiny test examples (smoke cap 64)
+    assert set(adversarial["attacks"]) == {"fgsm", "pgd"}
+    assert "exact" in json.dumps(adversarial["settings"])
+    pruning = json.loads((run_dir / "eval" / "pruning.json").read_text())
+    assert set(pruning["one_shot"]) == {"0.5", "0.9"} and pruning["fine_tuned"]
+    # The fine-tune as the run trained: config.json's flags translated.
+    flags = json.loads((run_dir / "config.json").read_text())["flags"]
+    settings = pruning["settings"]
+    assert settings["learning_rate"] == pytest.approx(flags["learning_rate"] / 10)
+    assert settings["fine_tune_batch_size"] == flags["batch_size"] == 16
+    assert settings["optimizer"] == flags["optimizer"]
+    assert settings["mask_rule"] == rule and settings["model"] == flags["model"]
+    saliency = json.loads((run_dir / "eval" / "saliency.json").read_text())
+    # Saliency ran after pruning in the same process (TF-MOT's import trap).
+    assert all(0 <= f <= 1 for f in saliency["foreground_focus"].values())
+    quality = json.loads((run_dir / "eval" / "quality.json").read_text())
+    assert quality["gsnr"] > 0 and quality["training_curve"]
+    assert (run_dir / "eval" / "saliency_maps.npz").is_file()
 
 
 def test_compare_reports_two_runs(evaluated_runs, tmp_path, capsys):
