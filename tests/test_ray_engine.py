@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tests.helpers import ROOT, environment, run, run_forked
+from tests.helpers import ROOT, environment, run
 
 STUDY = str(ROOT / "eval" / "study.py")
 # One run per engine (each train.py is a fresh process importing TensorFlow), killed
@@ -203,7 +203,8 @@ def test_bad_ray_flags_fail_in_one_line_before_anything_is_written(tmp_path):
         (["--engine=ray", "--gpus_per_run=1.5"], "flag --gpus_per_run=1.5: a whole number"),
         (["--gpus_per_run=1"], "flag --gpus_per_run: only with --engine=ray"),
     ]
-    results = run_forked([[*args, f"--output_dir={directory}"] for args, _ in cases], STUDY)
+    # Fresh interpreters: a study imports no TensorFlow, so the warm one saves nothing.
+    results = [run([*args, f"--output_dir={directory}"], STUDY, fresh=True) for args, _ in cases]
     for (args, message), result in zip(cases, results):
         assert result.returncode == 2, (args, result.stderr[-2000:])
         assert result.stderr == f"python -m eval.study: error: {result.stderr.split(': error: ')[1]}"
