@@ -651,6 +651,23 @@ class TestMatchedControl:
         assert np.isfinite(controlled[1]).all()
         assert_matched_control(upstream, rule_output, controlled, options)
 
+    def test_channel_scope_with_dynamic_height_and_width(self):
+        # Its neighbourhoods (a position's channels) are static; the batch, height and
+        # width need not be.
+        upstream = sparse_gradient(SHAPES[4], seed=47)
+        options = dict(rule="mean", scope="channel")
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, SHAPES[4][3]])] * 2)
+        def controlled(x, up):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = gradient_mask(x, control=True, seed=3, **options)
+            return tape.gradient(y, x, output_gradients=up)
+
+        result = controlled(tf.ones_like(upstream), tf.constant(upstream)).numpy()
+        expected, _ = reference_mask(upstream, **options)
+        assert_matched_control(upstream, expected, result, options)
+
     def test_needs_static_neighbourhood_sizes(self):
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3])])
         def dynamic(x):

@@ -21,10 +21,10 @@ and it chooses for a few samples at a time (a sequential loop over chunks of abo
 million entries, `samples_per_chunk`), so its keys and temporaries are a chunk's
 size: one sample of a large gradient, a whole batch of a small one, whose passes
 would otherwise cost more in each op's fixed cost than in their work. On TensorFlow
-the loops that read the rule's tensors are compiled with XLA (`backend.fast_path`; in a plain graph a loop's inputs are held
-to the end of the step), the choice runs in a plain graph (`backend.graph_path`;
-under XLA its search would hold 15-25 MB of compiled code per gradient shape), and
-the scaled output is one fused XLA pass.
+the loops that read the rule's tensors are compiled with XLA (`backend.fast_path`; in
+a plain graph a loop's inputs are held to the end of the step), the choice runs in a
+plain graph (`backend.graph_path`; under XLA its search would hold 15-25 MB of
+compiled code per gradient shape), and the scaled output is one fused XLA pass.
 """
 
 import math
@@ -217,6 +217,16 @@ def _count_kept(g32, keep, *, axes, by_position):
     return _per_sample(count_kept, (g32, keep))
 
 
+def _as_rows(tensor, num_rows, width):
+    """`tensor` as `[samples, num_rows, width]`; `num_rows` None if not static.
+
+    A static number of rows keeps the rows' shape known to the search's loop.
+    """
+    if num_rows is None:
+        return keras.ops.reshape(tensor, [backend.dynamic_shape(tensor)[0], -1, width])
+    return keras.ops.reshape(tensor, [-1, num_rows, width])
+
+
 def _chunk_choice(units, num_chosen, key, first, axes):
     """A chunk of samples' choice of units, `num_chosen` per neighbourhood; `first`
     is the number of its first sample in the batch, whose keys it draws."""
@@ -225,17 +235,11 @@ def _chunk_choice(units, num_chosen, key, first, axes):
     if by_map:
         rows = spatial_rows(units)
     else:
-        num_rows = math.prod(units.shape[1:-1])  # static: rank 2, or static H and W
-        rows = keras.ops.reshape(units, [
-            *((-1, num_rows) if num_rows is not None and None not in units.shape[1:-1]
-              else (backend.dynamic_shape(units)[0], -1)),
-            units.shape[-1],
-        ])
+        inner = units.shape[1:-1]  # rank 2: none; rank 4: H and W, static or not
+        rows = _as_rows(units, None if None in inner else math.prod(inner), units.shape[-1])
     chosen = _choose_uniformly(
         rows,
-        keras.ops.reshape(num_chosen, [
-            *((-1, rows.shape[1]) if rows.shape[1] is not None
-              else (backend.dynamic_shape(rows)[0], -1)), 1]),
+        _as_rows(num_chosen, rows.shape[1], 1),
         backend.sample_bits(rows, key, first),
         lambda: backend.sample_bits(rows, key, first, salt=1),
     )
