@@ -39,9 +39,12 @@ def start(args, script=TRAIN, fresh=False, **env):
     seconds spent importing TensorFlow) unless `fresh`, or `env` sets what that
     interpreter's imports read (`KERAS_BACKEND`, `PYTHONPATH`).
     """
-    argv, module = [*([script] if script else []), *args], False
-    if argv[0].startswith("-m"):
-        argv, module = [argv[0][3:] or argv[1], *argv[1 if argv[0][3:] else 2:]], True
+    if script is None and args[:1] == ["-m"]:
+        argv, module = list(args[1:]), True
+    elif script is not None and script.startswith("-m "):
+        argv, module = [script[3:], *args], True
+    else:
+        argv, module = [*([script] if script else []), *args], False
     if fresh or {"KERAS_BACKEND", "PYTHONPATH"} & set(env):
         return subprocess.Popen(
             [sys.executable, *(["-m"] if module else []), *argv],
