@@ -54,7 +54,7 @@ def start(args, script=TRAIN, fresh=False, **env):
             stderr=subprocess.PIPE,
             text=True,
         )
-    return warm.WarmProcess(argv, module, environment(**env), ROOT)
+    return warm.WarmProcess(argv, module, environment(**env), ROOT, environment())
 
 
 def finish(process, timeout=600):

@@ -144,6 +144,7 @@ _servers = {}
 
 
 def _server(env, cwd):
+    """This pytest process's server, started with `env` on first use."""
     key = os.getpid()  # a forked pytest process would not share the channel
     if key not in _servers:
         _servers[key] = _Server(env, cwd)
@@ -154,10 +155,12 @@ class WarmProcess:
     """A `subprocess.Popen` look-alike (text mode, stdout and stderr captured) whose
     process is forked from the warm interpreter."""
 
-    def __init__(self, argv, module, env, cwd):
+    def __init__(self, argv, module, env, cwd, server_env):
+        """`env`: the child's environment; `server_env`: the one the warm interpreter
+        imports with, if it is not yet started (the same for every command)."""
         self.args = [sys.executable, *(["-m"] if module else []), *argv]
         self._outputs = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
-        self._server = _server(env, cwd)
+        self._server = _server(server_env, cwd)
         request = dict(argv=argv, module=module, env=env, cwd=str(cwd))
         self.pid = self._server.fork(request, *self._outputs)
         self.returncode = None
