@@ -31,13 +31,15 @@ def environment(**extra):
     return env
 
 
-def start(args, script=TRAIN, fresh=False, **env):
+def start(args, script=TRAIN, fresh=False, *, new_session=False, **env):
     """Starts `python script args` (`script=None`: `python args`, e.g. `-m eval`;
     `script="-m MODULE"`: `python -m MODULE args`).
 
     The process is forked from this worker's warm interpreter (`tests/warm.py`: no
-    seconds spent importing TensorFlow) unless `fresh`, or `env` sets what that
-    interpreter's imports read (`KERAS_BACKEND`, `PYTHONPATH`).
+    seconds spent importing TensorFlow), and so are the `python` commands it starts
+    (a study's train.py), unless `fresh`, or `env` sets what that interpreter's
+    imports read (`KERAS_BACKEND`, `PYTHONPATH`). `new_session`: its own process
+    group (`os.killpg(process.pid, ...)` ends it and its children).
     """
     if script is None and args[:1] == ["-m"]:
         argv, module = list(args[1:]), True
@@ -53,8 +55,10 @@ def start(args, script=TRAIN, fresh=False, **env):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=new_session,
         )
-    return warm.WarmProcess(argv, module, environment(**env), ROOT, environment())
+    return warm.WarmProcess(argv, module, environment(**env), ROOT, environment(),
+                            start_new_session=new_session)
 
 
 def finish(process, timeout=600):

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tests.helpers import ROOT, environment, run
+from tests.helpers import ROOT, environment, run, start
 
 STUDY = str(ROOT / "eval" / "study.py")
 # One run per engine (each train.py is a fresh process importing TensorFlow), killed
@@ -52,10 +52,8 @@ def _args(plan, idx_dir, directory):
 
 
 def _start(args):
-    return subprocess.Popen(
-        [sys.executable, "-m", "eval.study", *args], cwd=ROOT, env=environment(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
+    # Forked from the warm interpreter (tests/warm.py), as the local engine's train.py.
+    return start(args, "-m eval.study", new_session=True)
 
 
 def _train_pid(run_dir):

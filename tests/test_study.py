@@ -9,19 +9,13 @@ import time
 
 import pytest
 
-from tests.helpers import ROOT, environment
+from tests.helpers import ROOT, environment, start
 
 
 def _study(args):
-    return subprocess.Popen(
-        [sys.executable, "-m", "eval.study", *args],
-        cwd=ROOT,
-        env=environment(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group: killed with its children
-    )
+    # Its own process group, killed with its children; they are forked from the warm
+    # interpreter (tests/warm.py), as the study itself.
+    return start(args, "-m eval.study", new_session=True)
 
 
 def test_a_study_made_from_flags_is_a_plan_of_one_regime(tmp_path):

@@ -1,20 +1,22 @@
 """The tests' processes forked from a warm interpreter: one that imported TensorFlow.
 
 A fresh interpreter spends about 4.5 s of CPU importing TensorFlow, Keras, the package
-and tensorflow-datasets, most of a tiny run's time. Each pytest worker starts one
-server process that imports them once (and starts nothing: TensorFlow's runtime is
-made in each child, on its first op), then forks a child for each command it is sent.
-A child is a real process: its own pid, environment, working directory, exit status
-(a negative signal number if killed, as `subprocess` reports it), stdout and stderr;
-`send_signal` reaches it, and it runs `python script args` as `__main__`, as a fresh
-interpreter would. What differs: what the interpreter prints while importing (not in
-its stderr; `helpers.start(..., fresh=True)` shows that), and the environment the
-imports read, which is the server's (`helpers.environment()`): a command that needs
-another `KERAS_BACKEND` or `PYTHONPATH` gets a fresh interpreter.
+and tensorflow-datasets, most of a tiny run's time. Each pytest worker starts one server
+process that imports them once (and starts nothing: TensorFlow's runtime is made in each
+child, on its first op), then forks a child for each command it is sent. A child is a
+real process: its own pid, environment, working directory, exit status (a negative
+signal number if killed, as `subprocess` reports it), stdout and stderr; `send_signal`
+reaches it, and it runs `python script args` as `__main__`, as a fresh interpreter
+would; the `python` commands it starts (a study's train.py and `python -m eval`) are
+forked from it in turn (`tests/warm_server.py`). What differs: what the interpreter
+prints while importing (not in its stderr; `helpers.start(..., fresh=True)` shows that),
+and the environment the imports read, which is the server's (`helpers.environment()`): a
+command that needs another `KERAS_BACKEND` or `PYTHONPATH` gets a fresh interpreter.
 """
 
 import json
 import os
+import pathlib
 import select
 import socket
 import subprocess
@@ -25,68 +27,7 @@ import time
 
 PRELOAD = ("gradmask_tf.trainer", "tensorflow_datasets")
 
-# The server: reads a request (a JSON packet with the child's stdout and stderr as file
-# descriptors), forks, answers with the child's pid, and reports each exit status.
-_SERVER = r"""
-import atexit, importlib, json, os, runpy, select, socket, sys, traceback
-channel = socket.socket(fileno=int(sys.argv[1]))
-for module in sys.argv[2].split(","):
-    importlib.import_module(module)
-
-
-def child(request, stdout, stderr):
-    code = 1
-    try:
-        channel.close()
-        os.dup2(stdout, 1)
-        os.dup2(stderr, 2)
-        os.close(stdout)
-        os.close(stderr)
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        sys.argv = list(request["argv"])
-        if request["module"]:
-            runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-        else:
-            sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
-            runpy.run_path(sys.argv[0], run_name="__main__")
-        code = 0
-    except SystemExit as exit:
-        code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
-        if exit.code is not None and not isinstance(exit.code, int):
-            print(exit.code, file=sys.stderr)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        atexit._run_exitfuncs()  # as an interpreter's exit would
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
-children = set()
-while True:
-    ready = select.select([channel], [], [], 0.01 if children else None)[0]
-    while children:
-        pid, status = os.waitpid(-1, os.WNOHANG)
-        if pid == 0:
-            break
-        children.discard(pid)
-        channel.send(json.dumps({"exited": pid, "code": os.waitstatus_to_exitcode(status)}).encode())
-    if not ready:
-        continue
-    message, fds, _, _ = socket.recv_fds(channel, 1 << 20, 2)
-    if not message:
-        break  # the pytest worker ended
-    pid = os.fork()
-    if pid == 0:
-        child(json.loads(message), *fds)
-    for fd in fds:
-        os.close(fd)
-    children.add(pid)
-    channel.send(json.dumps({"started": pid}).encode())
-"""
+SERVER = str(pathlib.Path(__file__).with_name("warm_server.py"))  # its program
 
 
 class _Server:
@@ -96,7 +37,7 @@ class _Server:
         self._channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._log = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
-            [sys.executable, "-c", _SERVER, str(theirs.fileno()), ",".join(PRELOAD)],
+            [sys.executable, SERVER, str(theirs.fileno()), ",".join(PRELOAD)],
             cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
             pass_fds=[theirs.fileno()],
         )
@@ -155,13 +96,16 @@ class WarmProcess:
     """A `subprocess.Popen` look-alike (text mode, stdout and stderr captured) whose
     process is forked from the warm interpreter."""
 
-    def __init__(self, argv, module, env, cwd, server_env):
+    def __init__(self, argv, module, env, cwd, server_env, start_new_session=False):
         """`env`: the child's environment; `server_env`: the one the warm interpreter
-        imports with, if it is not yet started (the same for every command)."""
+        imports with, if it is not yet started (the same for every command);
+        `start_new_session`: the child leads a process group of its own, as with
+        `Popen(start_new_session=True)`."""
         self.args = [sys.executable, *(["-m"] if module else []), *argv]
         self._outputs = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
         self._server = _server(server_env, cwd)
-        request = dict(argv=argv, module=module, env=env, cwd=str(cwd))
+        request = dict(argv=argv, module=module, env=env, cwd=str(cwd),
+                       session=start_new_session)
         self.pid = self._server.fork(request, *self._outputs)
         self.returncode = None
 
