@@ -1,7 +1,7 @@
 """Shared test setup: quiet TensorFlow, XLA compiling fast, two logical CPU devices.
 
 The logical devices must exist before TensorFlow initializes its runtime, so they
-are configured when pytest imports this file, before any test runs.
+are configured when pytest starts (`pytest_configure`), before any test is collected.
 
 XLA's CPU backend compiles without LLVM's optimizations here
 (`--xla_backend_optimization_level=0`, in this process and in every process a test
@@ -22,14 +22,21 @@ os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from tests.idx import write_idx  # noqa: E402
 
-_cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(
-    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
-)
+
+def pytest_configure(config):
+    """Two logical CPU devices in each process that runs tests; xdist's controller,
+    which runs none, does not import TensorFlow (seconds of CPU at the start)."""
+    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
+        return
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+    )
 
 
 @pytest.fixture
