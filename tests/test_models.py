@@ -120,7 +120,12 @@ def test_mask_points_sit_after_each_block_nonlinearity_and_never_on_the_logits(a
     assert logits.activation in (None, keras.activations.linear)
 
 
-@pytest.mark.parametrize("architecture", gradmask_tf.ARCHITECTURES)
+# A step and a file per builder: resnet32 and resnet56 are resnet20's builder with more
+# blocks per stage (their mask points are checked above, block by block).
+BUILDERS = [name for name in gradmask_tf.ARCHITECTURES if name not in ("resnet32", "resnet56")]
+
+
+@pytest.mark.parametrize("architecture", BUILDERS)
 def test_one_training_step_with_masks_on_and_off(architecture):
     masked = _masked(architecture)
     _train_step(masked, "mean")
@@ -228,7 +233,7 @@ def test_each_mask_point_draws_with_its_own_seed_from_the_run_seed():
     assert [mask.seed for mask in again] == [mask.seed for mask in masks]
 
 
-@pytest.mark.parametrize("architecture", gradmask_tf.ARCHITECTURES)
+@pytest.mark.parametrize("architecture", BUILDERS)
 def test_keras_file_round_trip(architecture, tmp_path):
     model = _masked(architecture)
     images = np.random.default_rng(1).random((2, *model.inputs[0].shape[1:])).astype("float32")
