@@ -1,10 +1,11 @@
-"""Running a test file on both backends: TensorFlow here, JAX in a subprocess.
+"""Running the backend-neutral test files on both backends: TensorFlow in pytest's
+workers, JAX in one subprocess.
 
-A backend test file (`tests/test_backend_*.py`) holds backend-neutral tests, which
-pytest runs here on TensorFlow, and one test, `test_jax_half`, that runs the same
-tests again in a fresh interpreter with `KERAS_BACKEND=jax` and TensorFlow blocked
-(`run_jax_half`). That half fails, never skips, when JAX is missing, and checks that
-it ran every test it was given. `vjp` takes a gradient on either backend.
+A backend test file (`JAX_FILES`) holds backend-neutral tests, which pytest runs on
+TensorFlow; `tests/test_jax_half.py` runs them all again in one fresh interpreter with
+`KERAS_BACKEND=jax` and TensorFlow blocked (`run_jax_half`), but those a file names
+in its `TENSORFLOW_ONLY`. That half fails, never skips, when JAX is missing, and
+checks that it ran every test it was given. `vjp` takes a gradient on either backend.
 """
 
 import re
@@ -13,6 +14,7 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 
 from tests.helpers import ROOT, environment
 
@@ -70,18 +72,19 @@ def vjp(function, x, upstream, compiled=False):
     return gradient(tf.constant(x), tf.constant(upstream)).numpy()
 
 
-def node_ids(request, leave_out=()):
-    """The ids of every test of the calling test's module but `test_jax_half`.
+# The backend-neutral test files, run again on JAX by tests/test_jax_half.py.
+JAX_FILES = ("test_backend_ops.py", "test_backend_layers.py", "test_op_properties.py")
 
-    Collected afresh from the module, so `-k test_jax_half` runs the whole half;
-    `leave_out` names the tests that run from the TensorFlow process only.
-    """
-    module = request.node.parent
-    return [
-        item.nodeid
-        for item in module.collect()
-        if item.name != "test_jax_half" and item.originalname not in leave_out
-    ]
+
+def jax_node_ids(session):
+    """The ids of every test of `JAX_FILES` but those a file names in its
+    `TENSORFLOW_ONLY` (they start a JAX process themselves), collected afresh."""
+    ids = []
+    for name in JAX_FILES:
+        module = pytest.Module.from_parent(session, path=ROOT / "tests" / name)
+        leave_out = getattr(module.obj, "TENSORFLOW_ONLY", ())
+        ids += [item.nodeid for item in module.collect() if item.originalname not in leave_out]
+    return ids
 
 
 def run_other_backend(code, backend, timeout=300):

@@ -164,10 +164,3 @@ def test_keras_file_crosses_backends(tmp_path):
     back = keras.models.load_model(tmp_path / "there.keras", safe_mode=True)
     assert type(back).__name__ == "GradMaskModel"
     np.testing.assert_allclose(back.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
-
-
-def test_jax_half(request):
-    """Every test above but the crossing again on JAX, TensorFlow blocked."""
-    if keras.backend.backend() == "jax":
-        raise AssertionError("run test_jax_half from the TensorFlow process")
-    backends.run_jax_half(backends.node_ids(request, TENSORFLOW_ONLY))

@@ -1,4 +1,4 @@
-"""The op against the NumPy reference, on TensorFlow here and on JAX in a subprocess.
+"""The op against the NumPy reference, on TensorFlow and on JAX (tests/test_jax_half.py).
 
 The tests are backend-neutral (`tests/backends.py`): every rule, both scopes, hard and
 soft, `rescale`, the statistics, `enabled`, the seeded draws and the matched control,
@@ -238,10 +238,3 @@ def test_control_keeps_the_largest_keys_and_breaks_ties():
     chosen = control._choose_uniformly(eligible, num[:, None], keys, lambda: second)
     expected = _largest_by_keys_then_position(eligible, num, keys, keys)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(chosen), expected)
-
-
-def test_jax_half(request):
-    """Every test above again on JAX, TensorFlow blocked."""
-    if keras.backend.backend() == "jax":
-        raise AssertionError("run test_jax_half from the TensorFlow process")
-    backends.run_jax_half(backends.node_ids(request))

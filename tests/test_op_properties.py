@@ -11,7 +11,7 @@ control draws at random: its defining properties are checked instead of equality
 Derandomized, with no example database and a fixed number of examples, so every run
 tries the same cases (about a minute in all); `@example`s pin zeros, denormals, very
 large values, NaN, +Inf and -Inf. The JAX half runs in one subprocess with
-TensorFlow blocked (`tests/backends.py`), without float64 (JAX computes it in float32
+TensorFlow blocked (`tests/test_jax_half.py`), without float64 (JAX computes it in float32
 unless x64 is enabled).
 """
 
@@ -296,10 +296,3 @@ def test_matched_control_survives_any_input(case):
     options, g = case
     for compiled in (False, True):
         check_control(g, options, compiled)
-
-
-def test_jax_half(request):
-    """Every test above again on JAX, TensorFlow blocked."""
-    if BACKEND == "jax":
-        raise AssertionError("run test_jax_half from the TensorFlow process")
-    backends.run_jax_half(backends.node_ids(request))
