@@ -44,7 +44,7 @@ def file_times(directory):
 
 MAIN_FLAGS = [
     "--epochs=2", "--batch_size=16", "--max_test_examples=32", "--mask_start_epoch=1",
-    "--strategy=mirrored", "--num_cpu_devices=2", "--gsnr_every=2",
+    "--strategy=mirrored", "--num_cpu_devices=2", "--gsnr_every=3",
 ]
 
 
