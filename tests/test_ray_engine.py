@@ -51,9 +51,11 @@ def _args(plan, idx_dir, directory):
     ]
 
 
-def _start(args):
-    # Forked from the warm interpreter (tests/warm.py), as the local engine's train.py.
-    return start(args, "-m eval.study", new_session=True)
+def _start(args, fresh):
+    """The study in its own process group. The local engine's is forked from the warm
+    interpreter (tests/warm.py), as its train.py; Ray's driver is a fresh interpreter
+    (forked, its first call to Ray's GCS waited 60 s when the CPUs were busy)."""
+    return start(args, "-m eval.study", fresh, new_session=True)
 
 
 def _train_pid(run_dir):
@@ -76,8 +78,8 @@ def studies(tmp_path_factory, idx_dir):
     root = tmp_path_factory.mktemp("ray_engine")
     plan = _plan(root / "tiny.json")
     on_ray = _start([*_args(plan, idx_dir, root / "ray"), "--engine=ray",
-                     f"--results_dir={root / 'results'}"])
-    local = _start(_args(plan, idx_dir, root / "local"))
+                     f"--results_dir={root / 'results'}"], fresh=True)
+    local = _start(_args(plan, idx_dir, root / "local"), fresh=False)
     try:
         killed = root / "ray" / "clean" / "runs" / KILLED
         deadline = time.time() + 600

@@ -14,6 +14,7 @@ import importlib
 import inspect
 import json
 import os
+import pathlib
 import runpy
 import select
 import signal
@@ -23,6 +24,7 @@ import sys
 import threading
 import traceback
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]  # the project's root
 # The environment variables the imports read, as this server imported with them.
 IMPORTED_WITH = ("KERAS_BACKEND", "PYTHONPATH")
 
@@ -60,9 +62,11 @@ def forkable(args, executable, env, shell, imported_with):
     """`(argv, module)` of a `python` command line that may be forked from this process
     rather than started afresh, or None.
 
-    Only from a process that has started nothing a fork would break: one thread, no
-    JAX backend, no TensorFlow runtime (importing either makes none), and only
-    for a command whose environment gives the imports what they were given here.
+    Only the project's own commands (a script or module of `ROOT`; another program's
+    `python` helpers start as that program expects), only from
+    a process that has started nothing a fork would break: one thread, no JAX backend,
+    no TensorFlow runtime (importing either makes none), and only for a command whose
+    environment gives the imports what they were given here.
     """
     if shell or executable not in (None, sys.executable) or not isinstance(args, (list, tuple)):
         return None
@@ -71,10 +75,15 @@ def forkable(args, executable, env, shell, imported_with):
         return None
     if args[1] == "-m" and len(args) > 2:
         argv, module = args[2:], True
+        top = argv[0].split(".")[0]
+        ours = (ROOT / top).is_dir() or (ROOT / f"{top}.py").is_file()
     elif args[1].endswith(".py"):
         argv, module = args[1:], False
+        ours = ROOT in pathlib.Path(argv[0]).resolve().parents
     else:
         return None
+    if not ours:
+        return None  # another program's python (Ray's own processes, say)
     given = os.environ if env is None else env
     if any(given.get(name) != value for name, value in imported_with.items()):
         return None
