@@ -8,7 +8,6 @@ in its `TENSORFLOW_ONLY`. That half fails, never skips, when JAX is missing, and
 checks that it ran every test it was given. `vjp` takes a gradient on either backend.
 """
 
-import os
 import re
 import subprocess
 import sys
@@ -88,23 +87,13 @@ def jax_node_ids(session):
     return ids
 
 
-# XLA's CPU runtime on one thread in the JAX processes (JAX's recipe): their tests are
-# small, and on two cores its thread pool, which waits for work by spinning, starved
-# whatever ran beside it (the Ray engine's test fixture: 85 s beside the JAX half,
-# 31 s beside it on one thread, 26 s alone).
-ONE_THREAD = " ".join([
-    os.environ.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false",
-    "intra_op_parallelism_threads=1"]).strip()
-
-
 def run_other_backend(code, backend, timeout=300):
     """Runs Python `code` with `KERAS_BACKEND=backend` (TensorFlow blocked on JAX)."""
     prelude = BLOCK_TENSORFLOW if backend == "jax" else ""
     process = subprocess.run(
         [sys.executable, "-c", prelude + code],
         cwd=ROOT,
-        env=environment(KERAS_BACKEND=backend, JAX_PLATFORMS="cpu",
-                        **({"XLA_FLAGS": ONE_THREAD} if backend == "jax" else {})),
+        env=environment(KERAS_BACKEND=backend, JAX_PLATFORMS="cpu"),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -119,7 +108,7 @@ def run_jax_half(ids, timeout=600):
     process = subprocess.run(
         [sys.executable, "-c", _RUN_PYTEST, *ids],
         cwd=ROOT,
-        env=environment(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", XLA_FLAGS=ONE_THREAD),
+        env=environment(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu"),
         capture_output=True,
         text=True,
         timeout=timeout,
