@@ -64,12 +64,12 @@ def idx_dir(tmp_path_factory):
 # around them: a long file taken last would leave one worker idle at the end. The
 # order changes only how long the suite takes; a file missing here runs after them.
 LONGEST_FIRST = (
-    "test_jax_half.py", "test_train.py", "test_ray_engine.py", "test_backend_ops.py",
-    "test_study.py", "test_pruning.py", "test_eval_cli.py", "test_backend_layers.py",
-    "test_insert.py", "test_models.py", "test_train_regime.py", "test_ops.py",
-    "test_op_properties.py", "test_layers.py", "test_control_memory.py", "test_runs.py",
-    "test_adversarial.py", "test_train_workers.py", "test_saliency.py", "test_trainer.py",
-    "test_quality.py", "test_gpu_check.py",
+    "test_jax_half.py", "test_train.py", "test_ray_engine.py", "test_pruning.py",
+    "test_study.py", "test_backend_ops.py", "test_eval_cli.py", "test_ops.py",
+    "test_backend_layers.py", "test_train_regime.py", "test_op_properties.py",
+    "test_control_memory.py", "test_models.py", "test_layers.py", "test_insert.py",
+    "test_adversarial.py", "test_runs.py", "test_train_workers.py", "test_saliency.py",
+    "test_gpu_check.py", "test_trainer.py", "test_quality.py",
 )
 
 
