@@ -73,7 +73,8 @@ def vjp(function, x, upstream, compiled=False):
 
 
 # The backend-neutral test files, run again on JAX by tests/test_jax_half.py.
-JAX_FILES = ("test_backend_ops.py", "test_backend_layers.py", "test_op_properties.py")
+JAX_FILES = ("test_backend_ops.py", "test_backend_layers.py", "test_op_properties.py",
+             "test_saved_models.py")
 
 
 def jax_node_ids(session):

@@ -4,7 +4,8 @@ tests/fixtures holds one tiny model (a conv and a dense mask point, the first on
 disabled) per layout, each saved by the code of its time with the inputs' predictions
 beside it: `v1_scalar_probe` by the commit before 53ee5e4 (a scalar gradient probe),
 `v2_pair_probe` by today's code (the `[kept_fraction, kept_l1]` probe), which guards
-the next change of the layer's saved state.
+the next change of the layer's saved state. On both backends: tests/test_jax_half.py
+runs this file on JAX too.
 """
 
 import pathlib

@@ -115,7 +115,8 @@ def test_a_plan_resumes_after_an_interruption_and_rebuilds_from_its_results(tmp_
     """End to end, the fewest arms of a verdict (`none`, `mean`, its control; one seed,
     the verdicts themselves are tested on stored results in test_compare.py), a second
     regime with its own flags, arms and an evaluation; killed after its first run,
-    resumed, then rebuilt on "another machine" from `--results_dir` alone."""
+    resumed, a damaged result healed, then rebuilt on "another machine" from
+    `--results_dir` alone."""
     plan = _tiny_plan()
     plan["controls"] = True
     plan["regimes"][0]["primary"] = ["mean:test_accuracy:higher"]
@@ -181,6 +182,21 @@ def test_a_plan_resumes_after_an_interruption_and_rebuilds_from_its_results(tmp_
     assert not (directory / "clean" / "forest.png").exists()  # nothing paired to draw
     record = json.loads((directory / "study.json").read_text())
     assert record["wall_seconds_total"] >= record["wall_seconds_this_invocation"] > 0
+
+    # A damaged result (a copy cut short) heals from the run directory's intact copy, in
+    # one line on stderr; nothing is trained, nothing deleted.
+    copy = results / "clean" / "mean-seed0" / "metrics.json"
+    intact = copy.read_bytes()
+    copy.write_bytes(intact[: len(intact) // 2])
+    process = _study(args)
+    stdout, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0 and "Traceback" not in stderr, stderr[-3000:]
+    (line,) = [line for line in stderr.splitlines() if "damaged" in line]
+    assert line.startswith("python -m eval.study: results of clean: mean, seed 0 are damaged "
+                           f"({copy}: not JSON: "), line
+    assert "restored from " in line and copy.read_bytes() == intact
+    assert copy.with_name("metrics.json.damaged").read_bytes() == intact[: len(intact) // 2]
+    assert json.loads((directory / "study.json").read_text())["runs_trained_this_invocation"] == 0
 
     # Another machine: the study directory is gone, the results are kept.
     import shutil
