@@ -9,8 +9,8 @@ Two parts, printed as they finish and as one JSON line at the end:
 2. the training step of the cnn (28x28x1) and of resnet20 (32x32x3), `none` against
    `mean`, batch 128, interleaved, under `jax.jit` (XLA), with `eval.jax_steps`.
 
-Here: `KERAS_BACKEND=jax python -m eval.gpu_check` (tests/test_gpu_check.py runs it on
-the CPU with the cnn at a tiny size). On a lent machine, Keras travels as wheels in
+Here: `KERAS_BACKEND=jax python -m eval.gpu_check` (tests/jax_gpu_check.py, in the JAX
+half of the tests, runs it on the CPU with the cnn at a tiny size). On a lent machine, Keras travels as wheels in
 the working tree (the device notes: `.whl` ignored and carried):
 
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \\

@@ -4,7 +4,7 @@ workers, JAX in one subprocess.
 A backend test file (`JAX_FILES`) holds backend-neutral tests, which pytest runs on
 TensorFlow; `tests/test_jax_half.py` runs them all again in one fresh interpreter with
 `KERAS_BACKEND=jax` and TensorFlow blocked (`run_jax_half`), but those a file names
-in its `TENSORFLOW_ONLY`. That half fails, never skips, when JAX is missing, and
+in its `TENSORFLOW_ONLY`; `tests/jax_gpu_check.py`, not a `test_*` file, runs there only. That half fails, never skips, when JAX is missing, and
 checks that it ran every test it was given. `vjp` takes a gradient on either backend.
 """
 
@@ -74,7 +74,7 @@ def vjp(function, x, upstream, compiled=False):
 
 # The backend-neutral test files, run again on JAX by tests/test_jax_half.py.
 JAX_FILES = ("test_backend_ops.py", "test_backend_layers.py", "test_op_properties.py",
-             "test_saved_models.py")
+             "test_saved_models.py", "jax_gpu_check.py")  # the last on JAX only
 
 
 def jax_node_ids(session):
