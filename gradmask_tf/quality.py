@@ -117,9 +117,18 @@ class GradientProbe:
         model, loss = self.model, self.loss
         variables = model.trainable_variables
         probes = [layer.gradient_probe.value for layer in self.masks]
+        state_variables = model.non_trainable_variables
 
         @tf.function
-        def step(x, y):
+        def step(x, y, state):
+            # Each micro-batch from the same state, restored here (one call, not one
+            # eager assign per variable): then the probes, which switch the mask
+            # statistics on (GradMaskModel may have left them off between measured
+            # steps).
+            for variable, value in zip(state_variables, state):
+                variable.assign(value)
+            for probe in probes:
+                probe.assign(tf.ones([2]))
             with tf.GradientTape() as tape:
                 tape.watch(probes)
                 logits = tf.cast(model(x, training=True), tf.float32)
@@ -160,23 +169,15 @@ class GradientProbe:
         # in their examples, and after the probe, which must measure, not change.
         state_variables = model.non_trainable_variables
         state = [variable.numpy() for variable in state_variables]
-
-        def restore():
-            for variable, value in zip(state_variables, state):
-                variable.assign(value)
-            for layer in self.masks:
-                # The probe's value switches the mask statistics on (GradMaskModel may
-                # have left them off between measured steps).
-                layer.gradient_probe.assign(tf.ones([2]))
+        state_tensors = [tf.constant(value) for value in state]
 
         gradients = [[] for _ in variables]
         kept = {layer.name: [] for layer in self.masks}
         try:
             for index in range(num_micro_batches):
-                restore()
                 chunk = slice(index * size, (index + 1) * size)
                 results = self._step(
-                    tf.constant(images[chunk]), tf.constant(labels[chunk])
+                    tf.constant(images[chunk]), tf.constant(labels[chunk]), state_tensors
                 )
                 for store, variable, gradient in zip(gradients, variables, results):
                     zero = gradient is None  # a variable the loss does not reach
