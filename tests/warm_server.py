@@ -63,10 +63,10 @@ def forkable(args, executable, env, shell, imported_with):
     rather than started afresh, or None.
 
     Only the project's own commands (a script or module of `ROOT`; another program's
-    `python` helpers start as that program expects), only from
-    a process that has started nothing a fork would break: one thread, no JAX backend,
-    no TensorFlow runtime (importing either makes none), and only for a command whose
-    environment gives the imports what they were given here.
+    `python` helpers start as that program expects), only from a process that has
+    started nothing a fork would break (one thread, no JAX backend, no TensorFlow
+    runtime: importing either makes none), and only for a command whose environment
+    gives the imports what they were given here.
     """
     if shell or executable not in (None, sys.executable) or not isinstance(args, (list, tuple)):
         return None
