@@ -10,8 +10,9 @@ Two parts, printed as they finish and as one JSON line at the end:
    `mean`, batch 128, interleaved, under `jax.jit` (XLA), with `eval.jax_steps`.
 
 Here: `KERAS_BACKEND=jax python -m eval.gpu_check` (tests/jax_gpu_check.py, in the JAX
-half of the tests, runs it on the CPU with the cnn at a tiny size). On a lent machine, Keras travels as wheels in
-the working tree (the device notes: `.whl` ignored and carried):
+half of the tests, runs it on the CPU with the cnn at a tiny size). On a lent machine,
+Keras travels as wheels in the working tree (the device notes: `.whl` ignored and
+carried):
 
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \\
       --implementation cp --platform manylinux_2_28_x86_64 \\

@@ -4,8 +4,9 @@ workers, JAX in one subprocess.
 A backend test file (`JAX_FILES`) holds backend-neutral tests, which pytest runs on
 TensorFlow; `tests/test_jax_half.py` runs them all again in one fresh interpreter with
 `KERAS_BACKEND=jax` and TensorFlow blocked (`run_jax_half`), but those a file names
-in its `TENSORFLOW_ONLY`; `tests/jax_gpu_check.py`, not a `test_*` file, runs there only. That half fails, never skips, when JAX is missing, and
-checks that it ran every test it was given. `vjp` takes a gradient on either backend.
+in its `TENSORFLOW_ONLY`; `tests/jax_gpu_check.py`, not a `test_*` file, runs there
+only. That half fails, never skips, when JAX is missing, and checks that it ran every
+test it was given. `vjp` takes a gradient on either backend.
 """
 
 import re

@@ -10,9 +10,9 @@ control draws at random: its defining properties are checked instead of equality
 
 Derandomized, with no example database and a fixed number of examples, so every run
 tries the same cases (about a minute in all); `@example`s pin zeros, denormals, very
-large values, NaN, +Inf and -Inf. The JAX half runs in one subprocess with
-TensorFlow blocked (`tests/test_jax_half.py`), without float64 (JAX computes it in float32
-unless x64 is enabled).
+large values, NaN, +Inf and -Inf. The JAX half runs in one subprocess with TensorFlow
+blocked (`tests/test_jax_half.py`), without float64 (JAX computes it in float32 unless
+x64 is enabled).
 """
 
 import itertools

@@ -21,8 +21,8 @@ import pytest
 from tests.helpers import ROOT, environment, run, start
 
 STUDY = str(ROOT / "eval" / "study.py")
-# One run per engine (each train.py is a fresh process importing TensorFlow), killed
-# once on Ray: a trial retried, then its results as the local engine's.
+# One run per engine (on Ray each train.py is a fresh process importing TensorFlow),
+# killed once on Ray: a trial retried, then its results as the local engine's.
 ARMS, SEEDS = ("mean",), (0,)
 KILLED = "mean-seed0"  # the run whose train.py is killed after its first epoch
 # The engines must agree to this (absolute) tolerance; with deterministic ops and fixed
