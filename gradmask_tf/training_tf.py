@@ -45,6 +45,18 @@ def train_step(model, data):
     return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
+def build_from_spec(model, iterator):
+    """Builds `model`'s optimizer and compiled metrics and loss from the spec of the
+    data of Keras's epoch `iterator`, as Keras does under a strategy from a batch;
+    False (nothing built) where the iterator has no such spec."""
+    spec = getattr(getattr(iterator, "_distributed_dataset", None), "element_spec", None)
+    if spec is None or not all(isinstance(s, tf.TensorSpec) for s in tf.nest.flatten(spec)):
+        return False
+    model._symbolic_build(data_batch=tf.nest.map_structure(
+        lambda s: keras.KerasTensor(tuple(s.shape), s.dtype.name), spec))
+    return True
+
+
 def _switch_mask_metrics(model):
     """Turns the probes on for a measured step; returns 1.0 if measured, else 0.0."""
     if model.mask_metrics_every == 1 or not model._mask_trackers:

@@ -212,3 +212,25 @@ def test_set_masks_enabled_switches_every_mask_point(batch):
     model.reset_metrics()
     logs = model.train_on_batch(*batch, return_dict=True)
     assert logs["kept_fraction/outer_mask"] == pytest.approx(0.5)
+
+
+def test_fit_traces_its_step_once_and_trains_as_keras_would(batch):
+    """The optimizer's and the metrics' variables are made before the first trace, not
+    in it (Keras does so only under a strategy), so the step is traced once; the weights
+    end as those of the same fit traced twice."""
+    x, y = batch
+    weights = []
+    for build_first in (True, False):
+        keras.utils.set_random_seed(0)
+        model = _compile(_model("mean"), keras.optimizers.Adam(0.01))
+        model.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
+        if not build_first:  # Keras's own order: variables made inside the first trace
+            model._maybe_symbolic_build = lambda **kwargs: None
+        traces = []
+        step = model.train_step
+        model.train_step = lambda data: (traces.append(1), step(data))[1]
+        model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)
+        assert len(traces) == (1 if build_first else 2)
+        weights.append(model.get_weights())
+    for built, keras_order in zip(*weights):
+        np.testing.assert_array_equal(built, keras_order)
