@@ -23,6 +23,7 @@ Only TensorFlow and JAX are written out; any other backend raises here, nowhere 
 
 import contextlib
 import functools
+import inspect
 
 import keras
 import numpy as np
@@ -52,7 +53,18 @@ def fast_path(function):
     """
     if TENSORFLOW:
         return tf.function(jit_compile=True)(function)
-    return function
+    return _jit(function)
+
+
+def _jit(function):
+    """`jax.jit`, with `function`'s keyword-only arguments (its settings) static.
+
+    Inside a compiled step it is inlined; called eagerly, it compiles once per shape
+    and settings, where JAX would otherwise compile its loops anew at every call.
+    """
+    settings = [parameter.name for parameter in inspect.signature(function).parameters.values()
+                if parameter.kind is parameter.KEYWORD_ONLY]
+    return functools.wraps(function)(jax.jit(function, static_argnames=settings))
 
 
 def graph_path(function):
@@ -64,7 +76,7 @@ def graph_path(function):
     """
     if TENSORFLOW:
         return tf.function(function)
-    return function
+    return _jit(function)
 
 
 def map_chunks(function, tensors, size, dtypes):
