@@ -375,6 +375,9 @@ def prune_fine_tuned(twin, sparsity, train_data, fine_tune):
         loss=legacy.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=False,
     )
+    # Its variables made now: made inside the first trace of the step, they would
+    # have tf_keras trace the whole step again.
+    pruned.optimizer.build(pruned.trainable_variables)
     if fine_tune.seed is not None:
         legacy.keras.utils.set_random_seed(fine_tune.seed)
     pruned.fit(

@@ -275,9 +275,10 @@ def test_evaluate_pruning_result(cnn, images, labels, monkeypatch):
     assert set(settings["library_versions"]) >= {
         "tensorflow-model-optimization", "tf-keras", "tensorflow"}
     assert all(settings["library_versions"].values())
-    # The masks ran in the fine-tune's training graph (3 mask points, 2 sparsities)
-    # and never at inference.
-    assert calls and set(calls) == {"mean"}
+    # The masks ran in the fine-tune's training graph and never at inference: each
+    # fine-tune traced its step once (3 mask points, 2 sparsities; its optimizer's
+    # variables made before, or tf_keras traces the whole step twice).
+    assert calls == ["mean"] * 6
 
 
 def test_one_shot_only_runs_no_mask(cnn, images, labels, monkeypatch):
