@@ -20,6 +20,7 @@ the evaluation runs again for a damaged evaluation file. Standard library only.
 """
 
 import csv
+import glob
 import json
 import os
 import pathlib
@@ -186,8 +187,15 @@ def move_aside(path):
 
 def copy_file(source, target):
     """Copies `source` to `target` through a temporary file renamed into place, so a copy
-    cut short never leaves half a file under the result's name."""
+    cut short never leaves half a file under the result's name.
+
+    The temporaries a copy to `target` cut short left (`.NAME.*`: a study killed while
+    it copied) are removed first; a study's lock makes it the one writer of its results.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     os.close(descriptor)
     try:

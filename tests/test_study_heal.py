@@ -227,3 +227,16 @@ def test_the_temporary_file_of_a_write_cut_short_is_not_a_result(tmp_path):
     (tmp_path / "eval" / ".quality.json.x1y2.json").write_text('{"gsnr": ')  # atomic_write's
     assert result_files.damage(tmp_path) == {}
     assert sorted(compare.load_run(tmp_path).evals) == ["quality", "saliency"]
+
+
+def test_a_copy_to_the_results_removes_what_a_killed_copy_left(tmp_path):
+    """A study killed while it copied a run's results left a temporary beside them; the
+    next copy of that file (the study started again) removes it."""
+    run_dir, results = tmp_path / "run", tmp_path / "results"
+    _write_finished(run_dir)
+    results.mkdir()
+    (results / ".config.json.vagoi0jt").write_text('{"fl')  # copy_file's, cut short
+    (results / ".configs.json.keep").write_text("another name's")
+    study_runs.copy_results(run_dir, results)
+    assert sorted(path.name for path in results.iterdir() if path.is_file()) == [
+        ".configs.json.keep", "config.json", "history.csv", "metrics.json"]
