@@ -60,7 +60,9 @@ class RunRecorder(keras.callbacks.Callback):
 
 def predicted_classes(model, dataset, predict=None):
     """The model's predicted class of each example of a batched `(image, label)` dataset."""
-    predict = predict or tf.function(lambda images: model(images, training=False))
+    predict = predict or tf.function(
+        lambda images: model(images, training=False), autograph=False
+    )
     batches = [np.argmax(np.asarray(predict(images)), axis=-1) for images, _ in dataset]
     return np.concatenate(batches) if batches else np.zeros(0, np.int64)
 
@@ -110,7 +112,9 @@ class EpochEvaluation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self._predict is None:
             model = self.model
-            self._predict = tf.function(lambda images: model(images, training=False))
+            self._predict = tf.function(
+                lambda images: model(images, training=False), autograph=False
+            )
         logs = logs if logs is not None else {}
         for key, dataset in self.datasets.items():
             logs[key] = accuracy(self.model, dataset, self._predict)

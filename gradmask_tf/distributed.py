@@ -129,11 +129,13 @@ def _build(model, strategy, dataset):
 def _step_function(model, strategy, jit_compile):
     """One global step: `model.train_step` on every replica's next batch."""
 
-    @tf.function(jit_compile=jit_compile)
+    # No autograph, as Keras traces its own step (the step has no tensor-dependent
+    # Python control flow; converting it and what it calls costs seconds per process).
+    @tf.function(jit_compile=jit_compile, autograph=False)
     def replica_step(batch):
         return model.train_step(batch)
 
-    @tf.function
+    @tf.function(autograph=False)
     def distributed_step(iterator):
         strategy.run(replica_step, args=(next(iterator),))
 

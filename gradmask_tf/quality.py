@@ -119,7 +119,7 @@ class GradientProbe:
         probes = [layer.gradient_probe.value for layer in self.masks]
         state_variables = model.non_trainable_variables
 
-        @tf.function
+        @tf.function(autograph=False)  # as Keras traces its step
         def step(x, y, state):
             # Each micro-batch from the same state, restored here (one call, not one
             # eager assign per variable): then the probes, which switch the mask

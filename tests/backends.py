@@ -51,8 +51,8 @@ sys.exit(code)
 def vjp(function, x, upstream, compiled=False):
     """The gradient that `function` sends down to `x` for `upstream`, as NumPy.
 
-    `compiled` compiles it as Keras does: `tf.function(jit_compile=True)` on
-    TensorFlow, `jax.jit` on JAX.
+    `compiled` compiles it as Keras does: `tf.function(jit_compile=True)` without
+    autograph (as Keras traces its step) on TensorFlow, `jax.jit` on JAX.
     """
     if keras.backend.backend() == "jax":
         import jax
@@ -70,7 +70,7 @@ def vjp(function, x, upstream, compiled=False):
             y = function(x)
         return tape.gradient(y, x, output_gradients=upstream)
 
-    gradient = tf.function(gradient, jit_compile=True) if compiled else gradient
+    gradient = tf.function(gradient, jit_compile=True, autograph=False) if compiled else gradient
     return gradient(tf.constant(x), tf.constant(upstream)).numpy()
 
 
