@@ -215,7 +215,7 @@ def _compiled(model_fn, step, image_shape):
         predictions = tf.argmax(model_fn(output), axis=-1)
         return output, tf.reduce_sum(tf.cast(predictions == y, tf.int64))
 
-    return tf.function(run).get_concrete_function(*_signature(image_shape))
+    return tf.function(run, autograph=False).get_concrete_function(*_signature(image_shape))
 
 
 def _compiled_attack(model, attack, eps, image_shape, pgd_steps, pgd_step_size):
