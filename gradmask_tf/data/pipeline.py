@@ -25,6 +25,12 @@ def _is_integer(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def _plain(function):
+    """`function` for `Dataset.map`, traced as written: without autograph, which would
+    convert it and what it calls in every process (its branches are on Python values)."""
+    return tf.autograph.experimental.do_not_convert(function)
+
+
 def _scale(image, label):
     return tf.cast(image, tf.float32) / 255.0, tf.cast(label, tf.int32)
 
@@ -242,7 +248,7 @@ def _epochs(dataset, name, epochs, *, shuffle, seed, augment, batch_size, drop_r
     def indexed(epoch):
         """Epoch `epoch`'s `(index in the split, image, label)`, in its order."""
         if examples is None:
-            return dataset.enumerate().map(lambda index, example: (index, *example))
+            return dataset.enumerate().map(_plain(lambda index, example: (index, *example)))
         order = tf.range(num_examples, dtype=tf.int64)
         if shuffle:
             order = tf.random.experimental.index_shuffle(
@@ -250,7 +256,7 @@ def _epochs(dataset, name, epochs, *, shuffle, seed, augment, batch_size, drop_r
             )
         images, labels = examples
         return tf.data.Dataset.from_tensor_slices(order).map(
-            lambda index: (index, tf.gather(images, index), tf.gather(labels, index))
+            _plain(lambda index: (index, tf.gather(images, index), tf.gather(labels, index)))
         )
 
     def one_epoch(epoch):
@@ -263,7 +269,7 @@ def _epochs(dataset, name, epochs, *, shuffle, seed, augment, batch_size, drop_r
                 image = _augment(image, element_seed)
             return image, label
 
-        epoch_data = indexed(epoch).map(example, num_parallel_calls=tf.data.AUTOTUNE)
+        epoch_data = indexed(epoch).map(_plain(example), num_parallel_calls=tf.data.AUTOTUNE)
         if batch_size is not None:
             epoch_data = epoch_data.batch(batch_size, drop_remainder=drop_remainder)
         return epoch_data
@@ -273,7 +279,7 @@ def _epochs(dataset, name, epochs, *, shuffle, seed, augment, batch_size, drop_r
         numbers = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
     else:
         numbers = tf.data.Dataset.range(epochs.start, epochs.stop)
-    result = numbers.flat_map(one_epoch)
+    result = numbers.flat_map(_plain(one_epoch))
     if num_examples < 0:
         return result
     per_epoch = num_examples

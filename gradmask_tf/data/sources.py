@@ -223,6 +223,7 @@ def info(name, *, data_dir=None):
 def split_labels(name, split, *, data_dir=None):
     """The labels of a split, in its order, as an int64 NumPy array (no images kept)."""
     validate_name(name)
-    dataset = source_dataset(name, split, data_dir).map(lambda image, label: label)
+    labels_only = tf.autograph.experimental.do_not_convert(lambda image, label: label)
+    dataset = source_dataset(name, split, data_dir).map(labels_only)
     batches = list(dataset.batch(8192).as_numpy_iterator())
     return np.concatenate(batches).astype(np.int64) if batches else np.zeros(0, np.int64)
