@@ -110,6 +110,12 @@ def connect(address, cpus_per_run, gpus_per_run):
     ray = import_ray()
     if address is not None:
         _check_reachable(address)
+    else:
+        # The embedded Ray's one node is this machine, with the CPUs Ray finds on it: a
+        # run that needs more is refused before Ray starts (seconds).
+        problem = _unfit("the embedded Ray", cpus_per_run, 0, _local_cpus(ray), 0)
+        if problem:
+            raise RayEngineError(problem)
     try:
         if address is None:
             ray.init(address="local", include_dashboard=False, log_to_driver=False,
@@ -124,19 +130,33 @@ def connect(address, cpus_per_run, gpus_per_run):
     most_cpus = max((node.get("CPU", 0) for node in nodes), default=0)
     most_gpus = max((node.get("GPU", 0) for node in nodes), default=0)
     cluster = f"the Ray cluster at {address}" if address else "the embedded Ray"
-    problem = None
+    problem = _unfit(cluster, cpus_per_run, gpus_per_run, most_cpus, most_gpus)
+    if problem:
+        ray.shutdown()
+        raise RayEngineError(problem)
+    total_cpus = sum(node.get("CPU", 0) for node in nodes)
+    total_gpus = sum(node.get("GPU", 0) for node in nodes)
+    return (f"{cluster}: {len(nodes)} node(s), {total_cpus:g} CPUs, {total_gpus:g} GPUs")
+
+
+def _local_cpus(ray):
+    """The CPUs an embedded Ray finds on this machine (its own count), or infinity
+    where this Ray does not say (it is then checked once started)."""
+    count = getattr(getattr(getattr(ray, "_private", None), "utils", None), "get_num_cpus", None)
+    return count() if count is not None else float("inf")
+
+
+def _unfit(cluster, cpus_per_run, gpus_per_run, most_cpus, most_gpus):
+    """The one line that says no node holds one run, or None."""
     if cpus_per_run > most_cpus:
         problem = (f"flag --cpus_per_run={cpus_per_run}: no node of {cluster} has "
                    f"{cpus_per_run} CPUs (the largest has {most_cpus:g})")
     elif gpus_per_run > most_gpus:
         problem = (f"flag --gpus_per_run={gpus_per_run:g}: no node of {cluster} has "
                    f"{gpus_per_run:g} GPUs (the largest has {most_gpus:g})")
-    if problem:
-        ray.shutdown()
-        raise RayEngineError(f"{problem}; a run's trial runs on one node")
-    total_cpus = sum(node.get("CPU", 0) for node in nodes)
-    total_gpus = sum(node.get("GPU", 0) for node in nodes)
-    return (f"{cluster}: {len(nodes)} node(s), {total_cpus:g} CPUs, {total_gpus:g} GPUs")
+    else:
+        return None
+    return f"{problem}; a run's trial runs on one node"
 
 
 def pending(runs):

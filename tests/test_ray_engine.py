@@ -212,6 +212,20 @@ def test_bad_ray_flags_fail_in_one_line_before_anything_is_written(tmp_path):
     assert not directory.exists()
 
 
+def test_a_cluster_whose_nodes_cannot_hold_one_run_is_named_in_one_line():
+    """What a started Ray is checked against (the embedded Ray's CPUs are checked before
+    it starts, in the test above: no GPU is needed to check GPUs here)."""
+    from eval import ray_engine
+
+    assert ray_engine._unfit("the embedded Ray", 2, 0, 2, 0) is None
+    assert ray_engine._unfit("the Ray cluster at head:6379", 1, 1, 4, 2) is None
+    assert ray_engine._unfit("the Ray cluster at head:6379", 1, 1, 4, 0) == (
+        "flag --gpus_per_run=1: no node of the Ray cluster at head:6379 has 1 GPUs (the "
+        "largest has 0); a run's trial runs on one node")
+    assert ray_engine._unfit("the embedded Ray", 3, 0, 2, 0).startswith(
+        "flag --cpus_per_run=3: no node of the embedded Ray has 3 CPUs (the largest has 2)")
+
+
 def test_the_ray_engine_without_ray_says_how_to_install_it(tmp_path):
     shim = tmp_path / "shim" / "ray"
     shim.mkdir(parents=True)
