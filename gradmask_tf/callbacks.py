@@ -58,11 +58,16 @@ class RunRecorder(keras.callbacks.Callback):
             )
 
 
+def inference(model):
+    """`images -> outputs` of `model` at inference, traced once per input shape (without
+    autograph, as Keras traces its steps)."""
+    return tf.function(lambda images: model(images, training=False), autograph=False)
+
+
 def predicted_classes(model, dataset, predict=None):
-    """The model's predicted class of each example of a batched `(image, label)` dataset."""
-    predict = predict or tf.function(
-        lambda images: model(images, training=False), autograph=False
-    )
+    """The model's predicted class of each example of a batched `(image, label)` dataset;
+    `predict` is an `inference(model)` to reuse, else one is made."""
+    predict = predict or inference(model)
     batches = [np.argmax(np.asarray(predict(images)), axis=-1) for images, _ in dataset]
     return np.concatenate(batches) if batches else np.zeros(0, np.int64)
 
@@ -111,10 +116,7 @@ class EpochEvaluation(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self._predict is None:
-            model = self.model
-            self._predict = tf.function(
-                lambda images: model(images, training=False), autograph=False
-            )
+            self._predict = inference(self.model)
         logs = logs if logs is not None else {}
         for key, dataset in self.datasets.items():
             logs[key] = accuracy(self.model, dataset, self._predict)
