@@ -142,8 +142,10 @@ def connect(address, cpus_per_run, gpus_per_run):
 def _local_cpus(ray):
     """The CPUs an embedded Ray finds on this machine (its own count), or infinity
     where this Ray does not say (it is then checked once started)."""
-    count = getattr(getattr(getattr(ray, "_private", None), "utils", None), "get_num_cpus", None)
-    return count() if count is not None else float("inf")
+    try:
+        return ray._private.utils.get_num_cpus()
+    except AttributeError:
+        return float("inf")
 
 
 def _unfit(cluster, cpus_per_run, gpus_per_run, most_cpus, most_gpus):
